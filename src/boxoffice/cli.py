@@ -1,0 +1,159 @@
+"""The `boxoffice` command: serve · migrate · seed · sweep."""
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from boxoffice.config import Settings, get_settings
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The configured database URL, or a private embedded server for as long as we run."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    from boxoffice.embedded import embedded_postgres
+
+    print(f"boxoffice: no DATABASE_URL, starting the embedded PostgreSQL in {settings.data_dir}/")
+    with embedded_postgres(settings.data_dir) as url:
+        yield url
+
+
+def _admin_token(settings: Settings) -> str:
+    """ADMIN_TOKEN, or one generated for this data folder and kept there (never a default)."""
+    if settings.admin_token:
+        return settings.admin_token
+    path = settings.data_dir / "admin_token"
+    if path.exists():
+        token = path.read_text().strip()
+        print(f"boxoffice: admin token is in {path}")
+        return token
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    print(f"boxoffice: generated an admin token (kept in {path}): {token}")
+    return token
+
+
+async def _seed(url: str, settings: Settings, *, force: bool = False) -> int:
+    from boxoffice.database import create_engine
+    from boxoffice.seed import seed_demo
+
+    engine = create_engine(settings.model_copy(update={"database_url": url}))
+    try:
+        return await seed_demo(engine, hold_seconds=settings.hold_seconds, force=force)
+    finally:
+        await engine.dispose()
+
+
+def _migrate(url: str) -> None:
+    from boxoffice.migrate import upgrade
+
+    upgrade(url)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    with database(settings) as url:
+        _migrate(url)
+        created = asyncio.run(_seed(url, settings))
+        if created:
+            print(f"boxoffice: seeded {created} demo events")
+        # Workers are fresh processes: they read the database and token from the environment.
+        os.environ["DATABASE_URL"] = url
+        os.environ["ADMIN_TOKEN"] = _admin_token(settings)
+        get_settings.cache_clear()
+        print(f"boxoffice: serving on http://{args.host}:{args.port} (docs at /docs)", flush=True)
+        uvicorn.run(
+            "boxoffice.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    with database(settings) as url:
+        _migrate(url)
+    print("boxoffice: database is at the latest migration")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
+    with database(settings) as url:
+        _migrate(url)
+        created = asyncio.run(_seed(url, settings, force=args.force))
+    print(
+        f"boxoffice: seeded {created} demo events"
+        if created
+        else "boxoffice: events exist; nothing seeded (use --force to add the demo events anyway)"
+    )
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    from boxoffice.database import create_engine
+    from boxoffice.reservations.service import sweep_all
+
+    async def sweep(url: str) -> None:
+        engine = create_engine(settings.model_copy(update={"database_url": url}))
+        try:
+            result = await sweep_all(engine, batch_size=settings.sweep_batch_size)
+        finally:
+            await engine.dispose()
+        print(
+            f"boxoffice: freed {result.tickets_freed} tickets, "
+            f"marked {result.reservations_expired} holds expired"
+        )
+
+    with database(settings) as url:
+        asyncio.run(sweep(url))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="boxoffice", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP API (embedded database by default)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(handler=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    seed = commands.add_parser("seed", help="add the demo events to an empty database")
+    seed.add_argument("--force", action="store_true", help="add them even if events exist")
+    seed.set_defaults(handler=cmd_seed)
+
+    sweep = commands.add_parser("sweep", help="free every expired hold now")
+    sweep.set_defaults(handler=cmd_sweep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValueError as error:
+        print(f"boxoffice: bad configuration: {error}", file=sys.stderr)
+        return 2
+    handler = args.handler
+    return int(handler(args, settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

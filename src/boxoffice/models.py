@@ -1,0 +1,18 @@
+"""Every table, imported once so Alembic and the tests see the whole schema."""
+
+from boxoffice.database import Base
+from boxoffice.events.models import Event
+from boxoffice.reservations.models import Booking, Reservation, ReservationStatus, ReservationTicket
+from boxoffice.tickets.models import Ticket, TicketAudit, TicketStatus
+
+__all__ = [
+    "Base",
+    "Booking",
+    "Event",
+    "Reservation",
+    "ReservationStatus",
+    "ReservationTicket",
+    "Ticket",
+    "TicketAudit",
+    "TicketStatus",
+]

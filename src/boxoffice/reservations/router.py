@@ -1,0 +1,106 @@
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from boxoffice.dependencies import AppSettings, Engine, HolderToken
+from boxoffice.errors import InvalidRequest
+from boxoffice.reservations import service
+from boxoffice.reservations.schemas import (
+    BookingOut,
+    ConfirmRequest,
+    ReservationCreate,
+    ReservationCreated,
+    ReservationOut,
+    booking_from_view,
+    created_from_view,
+)
+
+router = APIRouter(tags=["reservations"])
+
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No token was sent."},
+    404: {"description": "No such reservation for this token."},
+    409: {"description": "The reservation expired, is no longer active, or is busy."},
+}
+
+
+@router.post(
+    "/events/{event_id}/reservations",
+    status_code=201,
+    summary="Hold tickets: chosen ones, or a quantity of best available",
+    responses={
+        404: {"description": "No such event."},
+        409: {"description": "Some tickets are held or sold (`tickets-unavailable`)."},
+    },
+)
+async def reserve(
+    event_id: uuid.UUID,
+    body: ReservationCreate,
+    engine: Engine,
+    settings: AppSettings,
+    response: Response,
+) -> ReservationCreated:
+    if body.ticket_ids is not None:
+        service.validate_ticket_ids(body.ticket_ids, settings.max_tickets_per_hold)
+        hold = await service.reserve_tickets(
+            engine,
+            event_id=event_id,
+            ticket_ids=body.ticket_ids,
+            customer=body.customer,
+            nowait=settings.lock_timeout_ms == 0,
+        )
+    else:
+        assert body.quantity is not None
+        if body.quantity > settings.max_tickets_per_hold:
+            raise InvalidRequest(f"at most {settings.max_tickets_per_hold} tickets per hold")
+        hold = await service.reserve_best_available(
+            engine,
+            event_id=event_id,
+            quantity=body.quantity,
+            section=body.section,
+            customer=body.customer,
+        )
+    view = await service.get_reservation(
+        engine, reservation_id=hold.reservation_id, token=hold.token
+    )
+    response.headers["Location"] = f"/reservations/{hold.reservation_id}"
+    return created_from_view(view, hold.token)
+
+
+@router.get(
+    "/reservations/{reservation_id}", summary="Your hold (token required)", responses=_PROBLEMS
+)
+async def get_reservation(
+    reservation_id: uuid.UUID, engine: Engine, token: HolderToken
+) -> ReservationOut:
+    view = await service.get_reservation(engine, reservation_id=reservation_id, token=token)
+    return ReservationOut.from_view(view)
+
+
+@router.post(
+    "/reservations/{reservation_id}/confirm",
+    summary="Pay for your hold: its tickets become booked",
+    responses=_PROBLEMS,
+)
+async def confirm(
+    reservation_id: uuid.UUID, body: ConfirmRequest, engine: Engine, token: HolderToken
+) -> BookingOut:
+    view = await service.confirm(
+        engine,
+        reservation_id=reservation_id,
+        token=token,
+        payment_reference=body.payment_reference,
+    )
+    return booking_from_view(view)
+
+
+@router.delete(
+    "/reservations/{reservation_id}",
+    status_code=204,
+    summary="Release your hold: its tickets are free again at once",
+    responses=_PROBLEMS,
+)
+async def release(reservation_id: uuid.UUID, engine: Engine, token: HolderToken) -> Response:
+    await service.release(engine, reservation_id=reservation_id, token=token)
+    return Response(status_code=204)

@@ -1,0 +1,118 @@
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from boxoffice.reservations.service import ReservationView
+from boxoffice.tickets.schemas import TicketOut
+
+TicketId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+class ReservationCreate(BaseModel):
+    """Either exact `ticket_ids`, or a `quantity` of best available (optionally in a section)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"ticket_ids": [1, 2], "customer": "ada@example.com"},
+                {"quantity": 2, "section": "Stalls", "customer": "ada@example.com"},
+            ]
+        },
+    )
+
+    ticket_ids: list[TicketId] | None = Field(default=None, min_length=1)
+    quantity: int | None = Field(default=None, ge=1)
+    section: str | None = Field(default=None, min_length=1, max_length=60)
+    customer: str = Field(min_length=1, max_length=200, description="An opaque buyer reference.")
+
+    @model_validator(mode="after")
+    def _ids_or_quantity(self) -> "ReservationCreate":
+        if (self.ticket_ids is None) == (self.quantity is None):
+            raise ValueError("give either ticket_ids or quantity, not both")
+        if self.section is not None and self.quantity is None:
+            raise ValueError("section goes with quantity (best available), not with ticket_ids")
+        return self
+
+
+class ConfirmRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    payment_reference: str = Field(min_length=1, max_length=200, examples=["pay_test_4242"])
+
+
+class BookingOut(BaseModel):
+    id: uuid.UUID
+    reservation_id: uuid.UUID
+    event_id: uuid.UUID
+    customer: str
+    payment_reference: str
+    total: int = Field(description="Sum of the ticket prices, in minor units.")
+    currency: str
+    created_at: datetime
+    tickets: list[TicketOut]
+
+
+class ReservationOut(BaseModel):
+    id: uuid.UUID
+    event_id: uuid.UUID
+    customer: str
+    status: str = Field(description="`active`, `confirmed`, `released` or `expired`.")
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+    total: int = Field(description="Sum of the ticket prices, in minor units.")
+    currency: str
+    tickets: list[TicketOut]
+    booking_id: uuid.UUID | None
+
+    @classmethod
+    def from_view(cls, view: ReservationView) -> "ReservationOut":
+        return cls(**_reservation_fields(view))
+
+
+class ReservationCreated(ReservationOut):
+    token: str = Field(
+        description="The secret that proves you hold this reservation; shown only once. "
+        "Send it as `Authorization: Bearer <token>`."
+    )
+
+
+def _reservation_fields(view: ReservationView) -> dict[str, Any]:
+    row = view.reservation
+    currency = view.tickets[0].currency if view.tickets else "EUR"
+    return {
+        "id": row.id,
+        "event_id": row.event_id,
+        "customer": row.customer,
+        "status": row.status,
+        "created_at": row.created_at,
+        "expires_at": row.expires_at,
+        "ended_at": row.ended_at,
+        "total": sum(ticket.price_minor for ticket in view.tickets),
+        "currency": currency,
+        "tickets": [TicketOut.from_row(ticket, ticket.currency) for ticket in view.tickets],
+        "booking_id": view.booking.id if view.booking is not None else None,
+    }
+
+
+def created_from_view(view: ReservationView, token: str) -> ReservationCreated:
+    return ReservationCreated(**_reservation_fields(view), token=token)
+
+
+def booking_from_view(view: ReservationView) -> BookingOut:
+    booking = view.booking
+    assert booking is not None
+    return BookingOut(
+        id=booking.id,
+        reservation_id=booking.reservation_id,
+        event_id=booking.event_id,
+        customer=booking.customer,
+        payment_reference=booking.payment_reference,
+        total=booking.total_minor,
+        currency=booking.currency,
+        created_at=booking.created_at,
+        tickets=[TicketOut.from_row(ticket, ticket.currency) for ticket in view.tickets],
+    )

@@ -1,0 +1,473 @@
+"""Every change of a ticket's state happens here, under row locks taken in a fixed order.
+
+Lock order, the same in every transaction so none can deadlock another:
+  reserve:          tickets, in id order (chosen) or SKIP LOCKED (best available)
+  confirm, release: the reservation row first, then its tickets in id order
+  sweep:            SKIP LOCKED everywhere, so it never waits for anyone
+The database clock (`now()`) is the only clock: a hold is expired when
+`hold_expires_at <= now()`, and such a ticket is free at once, swept or not.
+"""
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from boxoffice.errors import (
+    Conflict,
+    EventNotFound,
+    InvalidRequest,
+    ReservationExpired,
+    ReservationNotActive,
+    ReservationNotFound,
+    TicketsUnavailable,
+    UnknownTickets,
+    sqlstate,
+)
+from boxoffice.tickets.sql import IS_AVAILABLE, TICKET_COLUMNS
+
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+@dataclass(frozen=True)
+class Hold:
+    reservation_id: uuid.UUID
+    token: str
+    expires_at: datetime
+
+
+def new_token() -> tuple[str, bytes]:
+    """A random bearer token and the hash we store; the token itself is never stored."""
+    token = secrets.token_urlsafe(32)
+    return token, hash_token(token)
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def token_matches(token: str | None, stored_hash: bytes) -> bool:
+    return token is not None and hmac.compare_digest(hash_token(token), bytes(stored_hash))
+
+
+async def _event_exists(conn: AsyncConnection, event_id: uuid.UUID) -> bool:
+    found = await conn.execute(text("SELECT 1 FROM events WHERE id = :id"), {"id": event_id})
+    return found.first() is not None
+
+
+# One statement creates the reservation and claims the already-locked tickets: fewer round
+# trips while the locks are held. The self-join `old` reads the rows as they were before this
+# statement, so the audit can record what each ticket was (and which hold expired under it).
+_HOLD_LOCKED_TICKETS = text(
+    """
+    WITH new_reservation AS (
+        INSERT INTO reservations (event_id, customer, token_hash, ticket_count, expires_at)
+        SELECT e.id, :customer, :token_hash, cardinality(CAST(:ids AS bigint[])),
+               now() + make_interval(secs => e.hold_seconds)
+        FROM events e WHERE e.id = :event_id
+        RETURNING id, event_id, expires_at
+    ), held AS (
+        UPDATE tickets t
+        SET status = 'reserved', reservation_id = r.id, hold_expires_at = r.expires_at
+        FROM new_reservation r, tickets old
+        WHERE t.id = ANY(CAST(:ids AS bigint[])) AND old.id = t.id
+        RETURNING t.id, t.event_id, r.id AS reservation_id,
+                  old.status AS old_status, old.reservation_id AS old_reservation_id
+    ), links AS (
+        INSERT INTO reservation_tickets (reservation_id, ticket_id, event_id)
+        SELECT reservation_id, id, event_id FROM held
+    ), audit AS (
+        INSERT INTO ticket_audit (ticket_id, event_id, from_status, to_status, reason,
+                                  reservation_id)
+        SELECT id, event_id, from_status::ticket_status, to_status::ticket_status, reason,
+               audit_reservation
+        FROM (
+            SELECT id, event_id, 'reserved' AS from_status, 'available' AS to_status,
+                   'expired' AS reason, old_reservation_id AS audit_reservation, 0 AS step
+            FROM held WHERE old_status = 'reserved'
+            UNION ALL
+            SELECT id, event_id, 'available', 'reserved', 'reserved', reservation_id, 1
+            FROM held
+        ) changes
+        ORDER BY id, step
+    )
+    SELECT id, expires_at, (SELECT count(*) FROM held) AS held_count FROM new_reservation
+    """
+)
+
+
+async def _hold(
+    conn: AsyncConnection, *, event_id: uuid.UUID, ticket_ids: list[int], customer: str
+) -> Hold:
+    token, token_hash = new_token()
+    result = await conn.execute(
+        _HOLD_LOCKED_TICKETS,
+        {"event_id": event_id, "ids": ticket_ids, "customer": customer, "token_hash": token_hash},
+    )
+    row = result.one()
+    assert row.held_count == len(ticket_ids), "locked tickets must all be held"
+    return Hold(reservation_id=row.id, token=token, expires_at=row.expires_at)
+
+
+async def reserve_tickets(
+    engine: AsyncEngine,
+    *,
+    event_id: uuid.UUID,
+    ticket_ids: list[int],
+    customer: str,
+    nowait: bool,
+) -> Hold:
+    """Hold exactly these tickets, all or none; 409 listing any that are taken."""
+    ids = sorted(set(ticket_ids))
+    # FOR UPDATE in id order: overlapping multi-ticket holds queue in one direction and can
+    # never deadlock. A busy row fails fast (NOWAIT, or the session's short lock_timeout)
+    # rather than queueing buyers behind a winner they cannot beat.
+    lock = text(
+        "SELECT t.id, "
+        f"{IS_AVAILABLE} AS available "
+        "FROM tickets t WHERE t.id = ANY(CAST(:ids AS bigint[])) AND t.event_id = :event_id "
+        "ORDER BY t.id FOR UPDATE" + (" NOWAIT" if nowait else "")
+    )
+    try:
+        async with engine.begin() as conn:
+            rows = (await conn.execute(lock, {"ids": ids, "event_id": event_id})).all()
+            if len(rows) != len(ids):
+                if not rows and not await _event_exists(conn, event_id):
+                    raise EventNotFound(f"no event {event_id}")
+                unknown = sorted(set(ids) - {row.id for row in rows})
+                raise UnknownTickets(
+                    f"{len(unknown)} ticket(s) are not tickets of this event", ticket_ids=unknown
+                )
+            taken = [row.id for row in rows if not row.available]
+            if taken:
+                raise TicketsUnavailable(
+                    f"{len(taken)} of the requested tickets are already held or sold",
+                    ticket_ids=taken,
+                )
+            return await _hold(conn, event_id=event_id, ticket_ids=ids, customer=customer)
+    except DBAPIError as error:
+        if sqlstate(error) == LOCK_NOT_AVAILABLE:
+            raise TicketsUnavailable(
+                "another buyer is reserving some of these tickets right now", ticket_ids=ids
+            ) from None
+        raise
+
+
+async def reserve_best_available(
+    engine: AsyncEngine,
+    *,
+    event_id: uuid.UUID,
+    quantity: int,
+    section: str | None,
+    customer: str,
+) -> Hold:
+    """Hold the best `quantity` free tickets (seat order), all or none."""
+    section_filter = " AND t.section = :section" if section is not None else ""
+    params: dict[str, Any] = {"event_id": event_id, "section": section}
+    # SKIP LOCKED: concurrent buyers of one event take different rows instead of queueing
+    # on the same few. Free rows first, through the partial index on available tickets...
+    free = text(
+        "SELECT t.id FROM tickets t WHERE t.event_id = :event_id AND t.status = 'available'"
+        f"{section_filter} ORDER BY t.position LIMIT :n FOR UPDATE SKIP LOCKED"
+    )
+    # ...then holds that expired but have not been swept yet: those are free too.
+    expired = text(
+        "SELECT t.id FROM tickets t WHERE t.event_id = :event_id AND t.status = 'reserved'"
+        f" AND t.hold_expires_at <= now(){section_filter}"
+        " ORDER BY t.position LIMIT :n FOR UPDATE SKIP LOCKED"
+    )
+    async with engine.begin() as conn:
+        ids = list((await conn.scalars(free, {**params, "n": quantity})).all())
+        if len(ids) < quantity:
+            more = await conn.scalars(expired, {**params, "n": quantity - len(ids)})
+            ids.extend(more.all())
+        if len(ids) < quantity:
+            if not await _event_exists(conn, event_id):
+                raise EventNotFound(f"no event {event_id}")
+            where = f" in section {section!r}" if section is not None else ""
+            raise TicketsUnavailable(
+                f"only {len(ids)} of {quantity} tickets{where} are free right now",
+                requested=quantity,
+                free=len(ids),
+            )
+        return await _hold(conn, event_id=event_id, ticket_ids=sorted(ids), customer=customer)
+
+
+_RESERVATION_COLUMNS = (
+    "r.id, r.event_id, r.customer, r.token_hash, r.ticket_count, r.created_at, r.expires_at,"
+    " r.ended_at, r.status AS stored_status,"
+    " CASE WHEN r.status = 'active' AND r.expires_at <= now() THEN 'expired'"
+    " ELSE r.status::text END AS status,"
+    " (r.status = 'active' AND r.expires_at <= now()) AS hold_expired"
+)
+
+
+async def _reservation_for_holder(
+    conn: AsyncConnection, *, reservation_id: uuid.UUID, token: str | None, lock: bool
+) -> Any:
+    query = f"SELECT {_RESERVATION_COLUMNS} FROM reservations r WHERE r.id = :id"
+    # Confirm and release lock the reservation row before any ticket (see module docstring).
+    result = await conn.execute(
+        text(query + (" FOR UPDATE" if lock else "")), {"id": reservation_id}
+    )
+    row = result.first()
+    # A wrong token gets the same answer as an unknown id: strangers learn nothing.
+    if row is None or not token_matches(token, row.token_hash):
+        raise ReservationNotFound(f"no reservation {reservation_id} for this token")
+    return row
+
+
+async def _reservation_tickets(conn: AsyncConnection, reservation_id: uuid.UUID) -> list[Any]:
+    result = await conn.execute(
+        text(
+            f"SELECT {TICKET_COLUMNS}, e.currency FROM reservation_tickets rt"
+            " JOIN tickets t ON t.id = rt.ticket_id JOIN events e ON e.id = t.event_id"
+            " WHERE rt.reservation_id = :id ORDER BY t.position"
+        ),
+        {"id": reservation_id},
+    )
+    return list(result.all())
+
+
+async def _booking(conn: AsyncConnection, reservation_id: uuid.UUID) -> Any:
+    result = await conn.execute(
+        text(
+            "SELECT id, reservation_id, event_id, customer, payment_reference, total_minor,"
+            " currency, created_at FROM bookings WHERE reservation_id = :id"
+        ),
+        {"id": reservation_id},
+    )
+    return result.first()
+
+
+@dataclass(frozen=True)
+class ReservationView:
+    reservation: Any
+    tickets: list[Any]
+    booking: Any | None
+
+
+async def get_reservation(
+    engine: AsyncEngine, *, reservation_id: uuid.UUID, token: str | None
+) -> ReservationView:
+    async with engine.connect() as conn:
+        row = await _reservation_for_holder(
+            conn, reservation_id=reservation_id, token=token, lock=False
+        )
+        tickets = await _reservation_tickets(conn, reservation_id)
+        booking = await _booking(conn, reservation_id) if row.status == "confirmed" else None
+        return ReservationView(reservation=row, tickets=tickets, booking=booking)
+
+
+def _refuse_unless_active(row: Any) -> None:
+    if row.hold_expired or row.stored_status == "expired":
+        raise ReservationExpired(
+            f"the hold expired at {row.expires_at.isoformat()}; reserve again",
+            expires_at=row.expires_at.isoformat(),
+        )
+    if row.stored_status != "active":
+        raise ReservationNotActive(
+            f"the reservation is {row.stored_status}", reservation_status=row.stored_status
+        )
+
+
+async def _lock_own_tickets(conn: AsyncConnection, row: Any) -> list[int]:
+    """Lock the tickets this hold still owns, in id order; refuse if any slipped away."""
+    result = await conn.execute(
+        text(
+            "SELECT t.id FROM tickets t WHERE t.reservation_id = :id AND t.status = 'reserved'"
+            " ORDER BY t.id FOR UPDATE"
+        ),
+        {"id": row.id},
+    )
+    ids = list(result.scalars().all())
+    # A ticket is only taken from an active hold after its expiry passed, so a short count
+    # means the hold expired between our check and our lock.
+    if len(ids) != row.ticket_count:
+        raise ReservationExpired(
+            "the hold expired while confirming; reserve again",
+            expires_at=row.expires_at.isoformat(),
+        )
+    return ids
+
+
+async def _locked_reservation(
+    conn: AsyncConnection, reservation_id: uuid.UUID, token: str | None
+) -> Any:
+    try:
+        return await _reservation_for_holder(
+            conn, reservation_id=reservation_id, token=token, lock=True
+        )
+    except DBAPIError as error:
+        if sqlstate(error) == LOCK_NOT_AVAILABLE:
+            raise Conflict("another request is changing this reservation; retry") from None
+        raise
+
+
+async def confirm(
+    engine: AsyncEngine, *, reservation_id: uuid.UUID, token: str | None, payment_reference: str
+) -> ReservationView:
+    """Turn an active hold into a booking; its tickets become booked."""
+    async with engine.begin() as conn:
+        row = await _locked_reservation(conn, reservation_id, token)
+        if row.stored_status == "confirmed":
+            booking = await _booking(conn, reservation_id)
+            raise ReservationNotActive(
+                "the reservation is already confirmed",
+                reservation_status="confirmed",
+                booking_id=str(booking.id),
+            )
+        _refuse_unless_active(row)
+        ticket_ids = await _lock_own_tickets(conn, row)
+        await conn.execute(
+            text(
+                """
+                WITH booking AS (
+                    INSERT INTO bookings (reservation_id, event_id, customer, payment_reference,
+                                          total_minor, currency)
+                    SELECT :id, e.id, :customer, :payment_reference,
+                           (SELECT coalesce(sum(price_minor), 0) FROM tickets
+                            WHERE id = ANY(CAST(:ticket_ids AS bigint[]))),
+                           e.currency
+                    FROM events e WHERE e.id = :event_id
+                    RETURNING id
+                ), booked AS (
+                    UPDATE tickets t SET status = 'booked', booking_id = b.id,
+                                         hold_expires_at = NULL
+                    FROM booking b WHERE t.id = ANY(CAST(:ticket_ids AS bigint[]))
+                    RETURNING t.id, t.event_id, b.id AS booking_id
+                ), audit AS (
+                    INSERT INTO ticket_audit (ticket_id, event_id, from_status, to_status,
+                                              reason, reservation_id, booking_id)
+                    SELECT id, event_id, 'reserved', 'booked', 'confirmed', :id, booking_id
+                    FROM booked ORDER BY id
+                )
+                UPDATE reservations SET status = 'confirmed', ended_at = now() WHERE id = :id
+                """
+            ),
+            {
+                "id": reservation_id,
+                "event_id": row.event_id,
+                "customer": row.customer,
+                "payment_reference": payment_reference,
+                "ticket_ids": ticket_ids,
+            },
+        )
+        tickets = await _reservation_tickets(conn, reservation_id)
+        booking = await _booking(conn, reservation_id)
+        refreshed = await _reservation_for_holder(
+            conn, reservation_id=reservation_id, token=token, lock=False
+        )
+        return ReservationView(reservation=refreshed, tickets=tickets, booking=booking)
+
+
+async def release(engine: AsyncEngine, *, reservation_id: uuid.UUID, token: str | None) -> None:
+    """Give the tickets back at once; releasing twice is fine, releasing a booking is not."""
+    async with engine.begin() as conn:
+        row = await _locked_reservation(conn, reservation_id, token)
+        if row.stored_status == "released":
+            return
+        _refuse_unless_active(row)
+        await _lock_own_tickets(conn, row)
+        await conn.execute(
+            text(
+                """
+                WITH freed AS (
+                    UPDATE tickets t SET status = 'available', reservation_id = NULL,
+                                         hold_expires_at = NULL
+                    WHERE t.reservation_id = :id AND t.status = 'reserved'
+                    RETURNING t.id, t.event_id
+                ), audit AS (
+                    INSERT INTO ticket_audit (ticket_id, event_id, from_status, to_status,
+                                              reason, reservation_id)
+                    SELECT id, event_id, 'reserved', 'available', 'released', :id
+                    FROM freed ORDER BY id
+                )
+                UPDATE reservations SET status = 'released', ended_at = now() WHERE id = :id
+                """
+            ),
+            {"id": reservation_id},
+        )
+
+
+# SKIP LOCKED in both statements: a hold someone is confirming, releasing or re-taking right
+# now is theirs to settle; the sweeper never waits, so it never slows a buyer, and any number
+# of sweepers (one per worker) each free a given hold at most once.
+_FREE_EXPIRED_TICKETS = text(
+    """
+    WITH expired AS (
+        SELECT t.id FROM tickets t
+        WHERE t.status = 'reserved' AND t.hold_expires_at <= now()
+        ORDER BY t.hold_expires_at
+        LIMIT :batch
+        FOR UPDATE SKIP LOCKED
+    ), freed AS (
+        UPDATE tickets t SET status = 'available', reservation_id = NULL, hold_expires_at = NULL
+        FROM expired, tickets old
+        WHERE t.id = expired.id AND old.id = t.id
+        RETURNING t.id, t.event_id, old.reservation_id
+    ), audit AS (
+        INSERT INTO ticket_audit (ticket_id, event_id, from_status, to_status, reason,
+                                  reservation_id)
+        SELECT id, event_id, 'reserved', 'available', 'expired', reservation_id
+        FROM freed ORDER BY id
+    )
+    SELECT count(*) FROM freed
+    """
+)
+
+_MARK_EXPIRED_RESERVATIONS = text(
+    """
+    WITH expired AS (
+        SELECT r.id FROM reservations r
+        WHERE r.status = 'active' AND r.expires_at <= now()
+        ORDER BY r.expires_at
+        LIMIT :batch
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE reservations r SET status = 'expired', ended_at = now()
+    FROM expired WHERE r.id = expired.id
+    RETURNING r.id
+    """
+)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    tickets_freed: int
+    reservations_expired: int
+
+
+async def free_expired_holds(engine: AsyncEngine, *, batch_size: int) -> SweepResult:
+    """Free tickets of expired holds and mark those holds expired, one batch each."""
+    async with engine.begin() as conn:
+        tickets_freed = (await conn.execute(_FREE_EXPIRED_TICKETS, {"batch": batch_size})).scalar()
+    async with engine.begin() as conn:
+        expired = await conn.execute(_MARK_EXPIRED_RESERVATIONS, {"batch": batch_size})
+        reservations_expired = len(expired.all())
+    return SweepResult(int(tickets_freed or 0), reservations_expired)
+
+
+async def sweep_all(engine: AsyncEngine, *, batch_size: int) -> SweepResult:
+    """Sweep batch after batch until nothing expired is left."""
+    tickets = reservations = 0
+    while True:
+        result = await free_expired_holds(engine, batch_size=batch_size)
+        tickets += result.tickets_freed
+        reservations += result.reservations_expired
+        if result.tickets_freed < batch_size and result.reservations_expired < batch_size:
+            return SweepResult(tickets, reservations)
+
+
+def validate_ticket_ids(ticket_ids: list[int], max_per_hold: int) -> None:
+    if len(set(ticket_ids)) != len(ticket_ids):
+        raise InvalidRequest("ticket_ids must not repeat a ticket")
+    if len(ticket_ids) > max_per_hold:
+        raise InvalidRequest(f"at most {max_per_hold} tickets per hold")
