@@ -123,7 +123,7 @@ def running_server(
         process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_ready(base_url, process, log_path)
+        wait_until_ready(base_url, process, log_path)
         yield base_url
     finally:
         process.terminate()
@@ -134,7 +134,7 @@ def running_server(
             process.wait()
 
 
-def _wait_until_ready(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+def wait_until_ready(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
     """Poll /readyz until the server answers (or fail with its log)."""
     deadline = 60.0
     waited = 0.0

@@ -1,0 +1,62 @@
+"""The README's curl walkthrough runs as written against the real service."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ADMIN_TOKEN
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def curl_walkthrough() -> str:
+    text = README.read_text()
+    section = text.split("### Try it with curl", 1)[1]
+    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert match, "the README lost its curl walkthrough"
+    return match.group(1)
+
+
+def test_readme_curl_examples_work(live_server: str, tmp_path: Path) -> None:
+    script = curl_walkthrough()
+    # The only lines a reader adapts: where the server is and which admin token it uses.
+    script = re.sub(r"^BASE=.*$", f"BASE={live_server}", script, count=1, flags=re.M)
+    script = re.sub(
+        r"^ADMIN_TOKEN=.*$", f"ADMIN_TOKEN={ADMIN_TOKEN}", script, count=1, flags=re.M
+    )
+    completed = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    lines = [line for line in completed.stdout.splitlines() if line.strip()]
+    bodies = [json.loads(line) for line in lines if line.startswith(("{", "["))]
+    statuses = [body.get("status") for body in bodies if isinstance(body, dict)]
+    assert 500 not in statuses and 503 not in statuses, completed.stdout
+
+    hold = next(b for b in bodies if isinstance(b, dict) and "token" in b and "tickets" in b)
+    assert hold["status"] == "active" and len(hold["tickets"]) == 2
+    refused = next(b for b in bodies if isinstance(b, dict) and b.get("status") == 409)
+    assert refused["type"].endswith("/tickets-unavailable")
+    assert sorted(refused["ticket_ids"]) == sorted(t["id"] for t in hold["tickets"])
+    booking = next(b for b in bodies if isinstance(b, dict) and "payment_reference" in b)
+    assert booking["reservation_id"] == hold["id"]
+    assert all(ticket["status"] == "booked" for ticket in booking["tickets"])
+    assert "204" in lines, "releasing the best-available hold answers 204"
+    created = next(b for b in bodies if isinstance(b, dict) and b.get("name") == "Jazz Night")
+    assert created["ticket_count"] == 60
+    seed_reserve = bodies[-1]
+    assert seed_reserve.get("ticket_id") == 100 or seed_reserve.get("status") == 409
+
+
+@pytest.mark.parametrize("command", ["./scripts/serve", "./scripts/test"])
+def test_readme_names_the_two_commands(command: str) -> None:
+    text = README.read_text()
+    assert command in text
+    assert (README.parent / command).stat().st_mode & 0o111, f"{command} must be executable"
