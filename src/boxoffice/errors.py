@@ -163,6 +163,15 @@ def install_error_handlers(app: FastAPI) -> None:
         code = sqlstate(exc)
         if code in _LOCK_SQLSTATES:
             return problem(409, "conflict", "Conflict", "another request holds these rows; retry")
+        if code is not None and code.startswith("22"):
+            # Data exceptions: a value PostgreSQL cannot store, e.g. a NUL character in text.
+            reason = str(exc.orig).splitlines()[0] if exc.orig is not None else code
+            return problem(
+                422,
+                "invalid-request",
+                "The request is not valid",
+                f"a value cannot be stored: {reason}",
+            )
         if code in _UNAVAILABLE_SQLSTATES or exc.connection_invalidated or code is None:
             logger.warning("database unavailable: %s", exc.__class__.__name__)
             return problem(
