@@ -218,14 +218,14 @@ async def ticket_ids(client: httpx.AsyncClient, event_id: str) -> list[int]:
 
 
 async def assert_invariants(engine: AsyncEngine, event_id: str | None = None) -> None:
-    violations = await check_invariants(
-        engine, event_id=uuid.UUID(event_id) if event_id else None
-    )
+    violations = await check_invariants(engine, event_id=uuid.UUID(event_id) if event_id else None)
     assert violations == [], "\n".join(str(v) for v in violations)
 
 
 async def wait_for_database_time(engine: AsyncEngine, moment: str | datetime) -> None:
     """Block until the database clock (the only clock for holds) has passed `moment`."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
     async with engine.connect() as conn:
         await conn.execute(
             text("SELECT pg_sleep_until(CAST(:moment AS timestamptz) + interval '5 ms')"),

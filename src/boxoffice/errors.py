@@ -70,6 +70,11 @@ class UnknownTickets(InvalidRequest):
     title = "Some tickets do not belong to this event"
 
 
+class UnknownSection(InvalidRequest):
+    slug = "unknown-section"
+    title = "The event has no such section"
+
+
 class Conflict(BoxofficeError):
     status = 409
     slug = "conflict"
@@ -165,12 +170,11 @@ def install_error_handlers(app: FastAPI) -> None:
             return problem(409, "conflict", "Conflict", "another request holds these rows; retry")
         if code is not None and code.startswith("22"):
             # Data exceptions: a value PostgreSQL cannot store, e.g. a NUL character in text.
-            reason = str(exc.orig).splitlines()[0] if exc.orig is not None else code
             return problem(
                 422,
                 "invalid-request",
                 "The request is not valid",
-                f"a value cannot be stored: {reason}",
+                "a value cannot be stored (e.g. a NUL character in text, or a date out of range)",
             )
         if code in _UNAVAILABLE_SQLSTATES or exc.connection_invalidated or code is None:
             logger.warning("database unavailable: %s", exc.__class__.__name__)

@@ -1,16 +1,23 @@
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
-Price = Annotated[int, Field(ge=0, le=100_000_000, description="Minor units (cents).")]
+# Numbers must be JSON numbers: "2" or true for a count is a client bug worth reporting.
+Price = Annotated[int, Field(strict=True, ge=0, le=100_000_000, description="Minor units (cents).")]
 
 
 def _aware(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("starts_at needs a timezone, e.g. 2027-06-01T20:00:00Z")
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("starts_at is out of range") from None
+    if not 1970 <= utc.year <= 9999:
+        raise ValueError("starts_at must be between 1970 and 9999")
     return value
 
 
@@ -18,15 +25,15 @@ class SectionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=60, examples=["Stalls"])
-    rows: int = Field(ge=1, le=500, examples=[10])
-    seats_per_row: int = Field(ge=1, le=1000, examples=[20])
+    rows: int = Field(strict=True, ge=1, le=500, examples=[10])
+    seats_per_row: int = Field(strict=True, ge=1, le=1000, examples=[20])
     price: Price
 
 
 class GeneralAdmissionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    quantity: int = Field(ge=1, le=1_000_000, examples=[500])
+    quantity: int = Field(strict=True, ge=1, le=1_000_000, examples=[500])
     price: Price
 
 
@@ -39,7 +46,11 @@ class EventCreate(BaseModel):
         examples=["2027-06-21T19:30:00Z"]
     )
     hold_seconds: int | None = Field(
-        default=None, ge=1, le=86_400, description="Hold length; the server default if omitted."
+        default=None,
+        strict=True,
+        ge=1,
+        le=86_400,
+        description="Hold length; the server default if omitted.",
     )
     currency: Currency = "EUR"
     sections: list[SectionIn] | None = Field(default=None, min_length=1, max_length=100)

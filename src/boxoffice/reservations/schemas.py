@@ -7,7 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from boxoffice.reservations.service import ReservationView
 from boxoffice.tickets.schemas import TicketOut
 
-TicketId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+# Numbers must be JSON numbers: "2" or true for a count is a client bug worth reporting.
+TicketId = Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)]
 
 
 class ReservationCreate(BaseModel):
@@ -24,7 +25,7 @@ class ReservationCreate(BaseModel):
     )
 
     ticket_ids: list[TicketId] | None = Field(default=None, min_length=1)
-    quantity: int | None = Field(default=None, ge=1)
+    quantity: int | None = Field(default=None, strict=True, ge=1)
     section: str | None = Field(default=None, min_length=1, max_length=60)
     customer: str = Field(min_length=1, max_length=200, description="An opaque buyer reference.")
 

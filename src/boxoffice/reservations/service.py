@@ -28,6 +28,7 @@ from boxoffice.errors import (
     ReservationNotActive,
     ReservationNotFound,
     TicketsUnavailable,
+    UnknownSection,
     UnknownTickets,
     sqlstate,
 )
@@ -59,6 +60,14 @@ def token_matches(token: str | None, stored_hash: bytes) -> bool:
 
 async def _event_exists(conn: AsyncConnection, event_id: uuid.UUID) -> bool:
     found = await conn.execute(text("SELECT 1 FROM events WHERE id = :id"), {"id": event_id})
+    return found.first() is not None
+
+
+async def _section_exists(conn: AsyncConnection, event_id: uuid.UUID, section: str) -> bool:
+    found = await conn.execute(
+        text("SELECT 1 FROM tickets WHERE event_id = :event_id AND section = :section LIMIT 1"),
+        {"event_id": event_id, "section": section},
+    )
     return found.first() is not None
 
 
@@ -191,6 +200,8 @@ async def reserve_best_available(
         if len(ids) < quantity:
             if not await _event_exists(conn, event_id):
                 raise EventNotFound(f"no event {event_id}")
+            if section is not None and not await _section_exists(conn, event_id, section):
+                raise UnknownSection(f"the event has no section {section!r}")
             where = f" in section {section!r}" if section is not None else ""
             raise TicketsUnavailable(
                 f"only {len(ids)} of {quantity} tickets{where} are free right now",

@@ -1,5 +1,5 @@
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -42,8 +42,11 @@ class TicketPage(BaseModel):
 class SeedReserveRequest(BaseModel):
     """The seed demo's body, kept so its clients run unchanged."""
 
-    user_id: int | str = Field(description="Who reserves; stored as the reservation's customer.")
-    ticket_id: int = Field(ge=1, le=2**63 - 1)
+    user_id: (
+        Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+        | Annotated[str, Field(min_length=1, max_length=200)]
+    ) = Field(description="Who reserves; stored as the reservation's customer.")
+    ticket_id: int = Field(strict=True, ge=1, le=2**63 - 1)
 
 
 class SeedReserveResponse(BaseModel):
