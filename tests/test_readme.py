@@ -24,9 +24,7 @@ def test_readme_curl_examples_work(live_server: str, tmp_path: Path) -> None:
     script = curl_walkthrough()
     # The only lines a reader adapts: where the server is and which admin token it uses.
     script = re.sub(r"^BASE=.*$", f"BASE={live_server}", script, count=1, flags=re.M)
-    script = re.sub(
-        r"^ADMIN_TOKEN=.*$", f"ADMIN_TOKEN={ADMIN_TOKEN}", script, count=1, flags=re.M
-    )
+    script = re.sub(r"^ADMIN_TOKEN=.*$", f"ADMIN_TOKEN={ADMIN_TOKEN}", script, count=1, flags=re.M)
     completed = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         capture_output=True,
