@@ -7,6 +7,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -38,8 +39,16 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+@contextmanager
+def embedded_data_dir() -> Iterator[Path]:
+    """A folder of our own for an embedded server. Not under pytest's tmp_path: the server runs
+    as another user and needs its parents opened up, which fights pytest's private folders."""
+    with tempfile.TemporaryDirectory(prefix="boxoffice-test-") as folder:
+        yield Path(folder)
+
+
 @pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server_url() -> Iterator[str]:
     """A URL to a server we may create databases on: TEST_DATABASE_URL's, or an embedded one."""
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
@@ -47,7 +56,7 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         return
     from boxoffice.embedded import embedded_postgres
 
-    with embedded_postgres(tmp_path_factory.mktemp("embedded"), database="postgres") as url:
+    with embedded_data_dir() as folder, embedded_postgres(folder, database="postgres") as url:
         yield url
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_until_ready
+from tests.conftest import embedded_data_dir, free_port, wait_until_ready
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:
@@ -63,10 +63,13 @@ def serve_embedded(data_dir: Path, log: Path) -> Iterator[tuple[subprocess.Popen
 @pytest.mark.skipif(
     bool(os.environ.get("SKIP_EMBEDDED_TESTS")), reason="SKIP_EMBEDDED_TESTS is set"
 )
-def test_embedded_database_lives_and_dies_with_the_service(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_embedded_database_lives_and_dies_with_the_service() -> None:
+    with embedded_data_dir() as folder:
+        check_lifecycle(folder / "data", folder / "serve.log")
+
+
+def check_lifecycle(data_dir: Path, log: Path) -> None:
     pgdata = data_dir / "pgdata"
-    log = tmp_path / "serve.log"
 
     # First run: the demo events are seeded and two workers share one server.
     with serve_embedded(data_dir, log) as (process, url):
