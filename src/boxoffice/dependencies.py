@@ -1,4 +1,8 @@
-"""Request-scoped dependencies shared by the routers: engine, settings and credentials."""
+"""Request-scoped dependencies shared by the routers: engine, settings and credentials.
+
+All `async def`: FastAPI runs plain `def` dependencies in a thread pool, and that hand-off
+was a sixth of a reservation's CPU time in the profile.
+"""
 
 import hmac
 from typing import Annotated
@@ -13,30 +17,30 @@ from boxoffice.errors import Forbidden, Unauthorized
 _bearer = HTTPBearer(auto_error=False, description="The admin token, or a reservation's token.")
 
 
-def get_engine(request: Request) -> AsyncEngine:
+async def get_engine(request: Request) -> AsyncEngine:
     engine: AsyncEngine = request.app.state.engine
     return engine
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def bearer_token(
+async def bearer_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str | None:
     return credentials.credentials if credentials is not None else None
 
 
-def holder_token(token: Annotated[str | None, Depends(bearer_token)]) -> str:
+async def holder_token(token: Annotated[str | None, Depends(bearer_token)]) -> str:
     """The reservation token from `Authorization: Bearer …`; tokens never travel in URLs."""
     if not token:
         raise Unauthorized("send the reservation's token as `Authorization: Bearer <token>`")
     return token
 
 
-def require_admin(
+async def require_admin(
     token: Annotated[str | None, Depends(bearer_token)],
     settings: Annotated[Settings, Depends(get_app_settings)],
 ) -> None:

@@ -3,6 +3,7 @@
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -122,7 +123,7 @@ _LOCK_SQLSTATES = {"55P03", "40P01", "40001"}
 def sqlstate(error: BaseException) -> str | None:
     """The SQLSTATE of a database error, if the driver gave one."""
     original = getattr(error, "orig", None)
-    for candidate in (original, getattr(original, "__cause__", None)):
+    for candidate in (error, original, getattr(original, "__cause__", None)):
         code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
         if code:
             return str(code)
@@ -165,28 +166,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
-        code = sqlstate(exc)
-        if code in _LOCK_SQLSTATES:
-            return problem(409, "conflict", "Conflict", "another request holds these rows; retry")
-        if code is not None and code.startswith("22"):
-            # Data exceptions: a value PostgreSQL cannot store, e.g. a NUL character in text.
-            return problem(
-                422,
-                "invalid-request",
-                "The request is not valid",
-                "a value cannot be stored (e.g. a NUL character in text, or a date out of range)",
-            )
-        if code in _UNAVAILABLE_SQLSTATES or exc.connection_invalidated or code is None:
-            logger.warning("database unavailable: %s", exc.__class__.__name__)
-            return problem(
-                503,
-                "service-unavailable",
-                "Service temporarily unavailable",
-                "the database is unavailable; retry shortly",
-                {"Retry-After": "1"},
-            )
-        logger.exception("unexpected database error %s", code)
-        return problem(500, "internal-error", "Internal error", "an unexpected error occurred")
+        return _database_problem(sqlstate(exc), exc.connection_invalidated)
+
+    # The reservation hot path talks to asyncpg directly (see boxoffice.pg).
+    @app.exception_handler(asyncpg.PostgresError)
+    async def _driver(_: Request, exc: asyncpg.PostgresError) -> JSONResponse:
+        return _database_problem(sqlstate(exc), invalidated=False)
+
+    @app.exception_handler(asyncpg.InterfaceError)
+    async def _driver_connection(_: Request, exc: asyncpg.InterfaceError) -> JSONResponse:
+        return _database_problem(None, invalidated=True)
 
     @app.exception_handler(OSError)
     async def _unreachable(_: Request, exc: OSError) -> JSONResponse:
@@ -203,6 +192,30 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
         return problem(500, "internal-error", "Internal error", "an unexpected error occurred")
+
+
+def _database_problem(code: str | None, invalidated: bool) -> JSONResponse:
+    if code in _LOCK_SQLSTATES:
+        return problem(409, "conflict", "Conflict", "another request holds these rows; retry")
+    if code is not None and code.startswith("22"):
+        # Data exceptions: a value PostgreSQL cannot store, e.g. a NUL character in text.
+        return problem(
+            422,
+            "invalid-request",
+            "The request is not valid",
+            "a value cannot be stored (e.g. a NUL character in text, or a date out of range)",
+        )
+    if code in _UNAVAILABLE_SQLSTATES or invalidated or code is None:
+        logger.warning("database unavailable (SQLSTATE %s)", code)
+        return problem(
+            503,
+            "service-unavailable",
+            "Service temporarily unavailable",
+            "the database is unavailable; retry shortly",
+            {"Retry-After": "1"},
+        )
+    logger.error("unexpected database error %s", code, exc_info=True)
+    return problem(500, "internal-error", "Internal error", "an unexpected error occurred")
 
 
 def _summary(errors: list[dict[str, Any]]) -> str:

@@ -13,7 +13,7 @@ from boxoffice.reservations.schemas import (
     ReservationCreated,
     ReservationOut,
     booking_from_view,
-    created_from_view,
+    created_from_hold,
 )
 
 router = APIRouter(tags=["reservations"])
@@ -61,11 +61,8 @@ async def reserve(
             section=body.section,
             customer=body.customer,
         )
-    view = await service.get_reservation(
-        engine, reservation_id=hold.reservation_id, token=hold.token
-    )
     response.headers["Location"] = f"/reservations/{hold.reservation_id}"
-    return created_from_view(view, hold.token)
+    return created_from_hold(hold)
 
 
 @router.get(

@@ -4,7 +4,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from boxoffice.reservations.service import ReservationView
+from boxoffice.reservations.service import Hold, ReservationView
+from boxoffice.tickets.models import TicketStatus
 from boxoffice.tickets.schemas import TicketOut
 
 # Numbers must be JSON numbers: "2" or true for a count is a client bug worth reporting.
@@ -99,8 +100,35 @@ def _reservation_fields(view: ReservationView) -> dict[str, Any]:
     }
 
 
-def created_from_view(view: ReservationView, token: str) -> ReservationCreated:
-    return ReservationCreated(**_reservation_fields(view), token=token)
+def created_from_hold(hold: Hold) -> ReservationCreated:
+    tickets = [
+        TicketOut(
+            id=ticket["id"],
+            event_id=hold.event_id,
+            label=ticket["label"],
+            section=ticket["section"],
+            row=ticket["row_label"],
+            seat=ticket["seat"],
+            price=ticket["price_minor"],
+            currency=hold.currency,
+            status=TicketStatus.reserved,
+        )
+        for ticket in hold.tickets
+    ]
+    return ReservationCreated(
+        id=hold.reservation_id,
+        event_id=hold.event_id,
+        customer=hold.customer,
+        status="active",
+        created_at=hold.created_at,
+        expires_at=hold.expires_at,
+        ended_at=None,
+        total=sum(ticket.price for ticket in tickets),
+        currency=hold.currency,
+        tickets=tickets,
+        booking_id=None,
+        token=hold.token,
+    )
 
 
 def booking_from_view(view: ReservationView) -> BookingOut:

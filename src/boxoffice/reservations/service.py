@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -32,6 +33,7 @@ from boxoffice.errors import (
     UnknownTickets,
     sqlstate,
 )
+from boxoffice.pg import Statement, driver_connection, fetch
 from boxoffice.tickets.sql import IS_AVAILABLE, TICKET_COLUMNS
 
 LOCK_NOT_AVAILABLE = "55P03"
@@ -39,9 +41,16 @@ LOCK_NOT_AVAILABLE = "55P03"
 
 @dataclass(frozen=True)
 class Hold:
+    """A new reservation as the buyer sees it; the only time its token is ever shown."""
+
     reservation_id: uuid.UUID
+    event_id: uuid.UUID
+    customer: str
     token: str
+    created_at: datetime
     expires_at: datetime
+    currency: str
+    tickets: list[Any]
 
 
 def new_token() -> tuple[str, bytes]:
@@ -58,30 +67,43 @@ def token_matches(token: str | None, stored_hash: bytes) -> bool:
     return token is not None and hmac.compare_digest(hash_token(token), bytes(stored_hash))
 
 
-async def _event_exists(conn: AsyncConnection, event_id: uuid.UUID) -> bool:
-    found = await conn.execute(text("SELECT 1 FROM events WHERE id = :id"), {"id": event_id})
-    return found.first() is not None
+# What a hold's answer shows of each ticket; the lock queries read it while they lock, so the
+# answer needs no second look at the tickets.
+_HELD_TICKET_COLUMNS = "t.id, t.label, t.section, t.row_label, t.seat, t.price_minor"
 
+# FOR UPDATE in id order: overlapping multi-ticket holds queue in one direction and can never
+# deadlock. A busy row fails fast (NOWAIT, or the session's short lock_timeout) rather than
+# queueing buyers behind a winner they cannot beat.
+LOCK_CHOSEN_TICKETS = (
+    f"SELECT {_HELD_TICKET_COLUMNS}, {IS_AVAILABLE} AS available"
+    " FROM tickets t WHERE t.id = ANY(CAST(:ids AS bigint[])) AND t.event_id = :event_id"
+    " ORDER BY t.id FOR UPDATE"
+)
 
-async def _section_exists(conn: AsyncConnection, event_id: uuid.UUID, section: str) -> bool:
-    found = await conn.execute(
-        text("SELECT 1 FROM tickets WHERE event_id = :event_id AND section = :section LIMIT 1"),
-        {"event_id": event_id, "section": section},
-    )
-    return found.first() is not None
-
+# SKIP LOCKED: concurrent buyers of one event take different rows instead of queueing on the
+# same few. Free rows first, through the partial index on available tickets...
+LOCK_BEST_AVAILABLE = (
+    f"SELECT {_HELD_TICKET_COLUMNS} FROM tickets t"
+    " WHERE t.event_id = :event_id AND t.status = 'available'{section}"
+    " ORDER BY t.position LIMIT :n FOR UPDATE SKIP LOCKED"
+)
+# ...then holds that expired but have not been swept yet: those are free too.
+LOCK_BEST_EXPIRED = (
+    f"SELECT {_HELD_TICKET_COLUMNS} FROM tickets t"
+    " WHERE t.event_id = :event_id AND t.status = 'reserved' AND t.hold_expires_at <= now()"
+    "{section} ORDER BY t.position LIMIT :n FOR UPDATE SKIP LOCKED"
+)
 
 # One statement creates the reservation and claims the already-locked tickets: fewer round
 # trips while the locks are held. The self-join `old` reads the rows as they were before this
 # statement, so the audit can record what each ticket was (and which hold expired under it).
-_HOLD_LOCKED_TICKETS = text(
-    """
+HOLD_LOCKED_TICKETS = """
     WITH new_reservation AS (
         INSERT INTO reservations (event_id, customer, token_hash, ticket_count, expires_at)
         SELECT e.id, :customer, :token_hash, cardinality(CAST(:ids AS bigint[])),
                now() + make_interval(secs => e.hold_seconds)
         FROM events e WHERE e.id = :event_id
-        RETURNING id, event_id, expires_at
+        RETURNING id, event_id, created_at, expires_at
     ), held AS (
         UPDATE tickets t
         SET status = 'reserved', reservation_id = r.id, hold_expires_at = r.expires_at
@@ -107,22 +129,52 @@ _HOLD_LOCKED_TICKETS = text(
         ) changes
         ORDER BY id, step
     )
-    SELECT id, expires_at, (SELECT count(*) FROM held) AS held_count FROM new_reservation
-    """
+    SELECT r.id, r.created_at, r.expires_at, e.currency,
+           (SELECT count(*) FROM held) AS held_count
+    FROM new_reservation r JOIN events e ON e.id = r.event_id
+"""
+
+
+# One reservation's statements, in order, inside one transaction. The benchmark replays exactly
+# these through pgbench to measure what the database alone can do.
+RESERVE_CHOSEN_STATEMENTS = (LOCK_CHOSEN_TICKETS, HOLD_LOCKED_TICKETS)
+RESERVE_BEST_AVAILABLE_STATEMENTS = (LOCK_BEST_AVAILABLE.format(section=""), HOLD_LOCKED_TICKETS)
+
+_LOCK_CHOSEN = Statement.from_named(LOCK_CHOSEN_TICKETS)
+_LOCK_CHOSEN_NOWAIT = Statement.from_named(LOCK_CHOSEN_TICKETS + " NOWAIT")
+_HOLD = Statement.from_named(HOLD_LOCKED_TICKETS)
+_LOCK_BEST = {
+    has_section: (
+        Statement.from_named(LOCK_BEST_AVAILABLE.format(section=section_filter)),
+        Statement.from_named(LOCK_BEST_EXPIRED.format(section=section_filter)),
+    )
+    for has_section, section_filter in ((False, ""), (True, " AND t.section = :section"))
+}
+_EVENT_EXISTS = Statement.from_named("SELECT 1 FROM events WHERE id = :event_id")
+_SECTION_EXISTS = Statement.from_named(
+    "SELECT 1 FROM tickets WHERE event_id = :event_id AND section = :section LIMIT 1"
 )
 
 
 async def _hold(
-    conn: AsyncConnection, *, event_id: uuid.UUID, ticket_ids: list[int], customer: str
+    conn: asyncpg.Connection, *, event_id: uuid.UUID, tickets: list[Any], customer: str
 ) -> Hold:
     token, token_hash = new_token()
-    result = await conn.execute(
-        _HOLD_LOCKED_TICKETS,
-        {"event_id": event_id, "ids": ticket_ids, "customer": customer, "token_hash": token_hash},
+    ids = [ticket["id"] for ticket in tickets]
+    [row] = await fetch(
+        conn, _HOLD, event_id=event_id, ids=ids, customer=customer, token_hash=token_hash
     )
-    row = result.one()
-    assert row.held_count == len(ticket_ids), "locked tickets must all be held"
-    return Hold(reservation_id=row.id, token=token, expires_at=row.expires_at)
+    assert row["held_count"] == len(ids), "locked tickets must all be held"
+    return Hold(
+        reservation_id=row["id"],
+        event_id=event_id,
+        customer=customer,
+        token=token,
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        currency=row["currency"],
+        tickets=tickets,
+    )
 
 
 async def reserve_tickets(
@@ -135,38 +187,30 @@ async def reserve_tickets(
 ) -> Hold:
     """Hold exactly these tickets, all or none; 409 listing any that are taken."""
     ids = sorted(set(ticket_ids))
-    # FOR UPDATE in id order: overlapping multi-ticket holds queue in one direction and can
-    # never deadlock. A busy row fails fast (NOWAIT, or the session's short lock_timeout)
-    # rather than queueing buyers behind a winner they cannot beat.
-    lock = text(
-        "SELECT t.id, "
-        f"{IS_AVAILABLE} AS available "
-        "FROM tickets t WHERE t.id = ANY(CAST(:ids AS bigint[])) AND t.event_id = :event_id "
-        "ORDER BY t.id FOR UPDATE" + (" NOWAIT" if nowait else "")
-    )
-    try:
-        async with engine.begin() as conn:
-            rows = (await conn.execute(lock, {"ids": ids, "event_id": event_id})).all()
-            if len(rows) != len(ids):
-                if not rows and not await _event_exists(conn, event_id):
-                    raise EventNotFound(f"no event {event_id}")
-                unknown = sorted(set(ids) - {row.id for row in rows})
-                raise UnknownTickets(
-                    f"{len(unknown)} ticket(s) are not tickets of this event", ticket_ids=unknown
-                )
-            taken = [row.id for row in rows if not row.available]
-            if taken:
-                raise TicketsUnavailable(
-                    f"{len(taken)} of the requested tickets are already held or sold",
-                    ticket_ids=taken,
-                )
-            return await _hold(conn, event_id=event_id, ticket_ids=ids, customer=customer)
-    except DBAPIError as error:
-        if sqlstate(error) == LOCK_NOT_AVAILABLE:
+    async with driver_connection(engine) as conn:
+        try:
+            async with conn.transaction():
+                lock = _LOCK_CHOSEN_NOWAIT if nowait else _LOCK_CHOSEN
+                rows = await fetch(conn, lock, ids=ids, event_id=event_id)
+                if len(rows) != len(ids):
+                    if not rows and not await fetch(conn, _EVENT_EXISTS, event_id=event_id):
+                        raise EventNotFound(f"no event {event_id}")
+                    unknown = sorted(set(ids) - {row["id"] for row in rows})
+                    raise UnknownTickets(
+                        f"{len(unknown)} ticket(s) are not tickets of this event",
+                        ticket_ids=unknown,
+                    )
+                taken = [row["id"] for row in rows if not row["available"]]
+                if taken:
+                    raise TicketsUnavailable(
+                        f"{len(taken)} of the requested tickets are already held or sold",
+                        ticket_ids=taken,
+                    )
+                return await _hold(conn, event_id=event_id, tickets=rows, customer=customer)
+        except asyncpg.LockNotAvailableError:
             raise TicketsUnavailable(
                 "another buyer is reserving some of these tickets right now", ticket_ids=ids
             ) from None
-        raise
 
 
 async def reserve_best_available(
@@ -178,37 +222,27 @@ async def reserve_best_available(
     customer: str,
 ) -> Hold:
     """Hold the best `quantity` free tickets (seat order), all or none."""
-    section_filter = " AND t.section = :section" if section is not None else ""
-    params: dict[str, Any] = {"event_id": event_id, "section": section}
-    # SKIP LOCKED: concurrent buyers of one event take different rows instead of queueing
-    # on the same few. Free rows first, through the partial index on available tickets...
-    free = text(
-        "SELECT t.id FROM tickets t WHERE t.event_id = :event_id AND t.status = 'available'"
-        f"{section_filter} ORDER BY t.position LIMIT :n FOR UPDATE SKIP LOCKED"
-    )
-    # ...then holds that expired but have not been swept yet: those are free too.
-    expired = text(
-        "SELECT t.id FROM tickets t WHERE t.event_id = :event_id AND t.status = 'reserved'"
-        f" AND t.hold_expires_at <= now(){section_filter}"
-        " ORDER BY t.position LIMIT :n FOR UPDATE SKIP LOCKED"
-    )
-    async with engine.begin() as conn:
-        ids = list((await conn.scalars(free, {**params, "n": quantity})).all())
-        if len(ids) < quantity:
-            more = await conn.scalars(expired, {**params, "n": quantity - len(ids)})
-            ids.extend(more.all())
-        if len(ids) < quantity:
-            if not await _event_exists(conn, event_id):
+    free, expired = _LOCK_BEST[section is not None]
+    where: dict[str, Any] = {"event_id": event_id}
+    if section is not None:
+        where["section"] = section
+    async with driver_connection(engine) as conn, conn.transaction():
+        tickets = await fetch(conn, free, **where, n=quantity)
+        if len(tickets) < quantity:
+            tickets += await fetch(conn, expired, **where, n=quantity - len(tickets))
+        if len(tickets) < quantity:
+            if not await fetch(conn, _EVENT_EXISTS, event_id=event_id):
                 raise EventNotFound(f"no event {event_id}")
-            if section is not None and not await _section_exists(conn, event_id, section):
+            if section is not None and not await fetch(conn, _SECTION_EXISTS, **where):
                 raise UnknownSection(f"the event has no section {section!r}")
-            where = f" in section {section!r}" if section is not None else ""
+            in_section = f" in section {section!r}" if section is not None else ""
             raise TicketsUnavailable(
-                f"only {len(ids)} of {quantity} tickets{where} are free right now",
+                f"only {len(tickets)} of {quantity} tickets{in_section} are free right now",
                 requested=quantity,
-                free=len(ids),
+                free=len(tickets),
             )
-        return await _hold(conn, event_id=event_id, ticket_ids=sorted(ids), customer=customer)
+        tickets.sort(key=lambda ticket: ticket["id"])
+        return await _hold(conn, event_id=event_id, tickets=tickets, customer=customer)
 
 
 _RESERVATION_COLUMNS = (
