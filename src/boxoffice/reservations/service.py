@@ -67,50 +67,30 @@ def token_matches(token: str | None, stored_hash: bytes) -> bool:
     return token is not None and hmac.compare_digest(hash_token(token), bytes(stored_hash))
 
 
-# What a hold's answer shows of each ticket; the lock queries read it while they lock, so the
-# answer needs no second look at the tickets.
-_HELD_TICKET_COLUMNS = "t.id, t.label, t.section, t.row_label, t.seat, t.price_minor"
-
-# FOR UPDATE in id order: overlapping multi-ticket holds queue in one direction and can never
-# deadlock. A busy row fails fast (NOWAIT, or the session's short lock_timeout) rather than
-# queueing buyers behind a winner they cannot beat.
-LOCK_CHOSEN_TICKETS = (
-    f"SELECT {_HELD_TICKET_COLUMNS}, {IS_AVAILABLE} AS available"
-    " FROM tickets t WHERE t.id = ANY(CAST(:ids AS bigint[])) AND t.event_id = :event_id"
-    " ORDER BY t.id FOR UPDATE"
-)
-
-# SKIP LOCKED: concurrent buyers of one event take different rows instead of queueing on the
-# same few. Free rows first, through the partial index on available tickets...
-LOCK_BEST_AVAILABLE = (
-    f"SELECT {_HELD_TICKET_COLUMNS} FROM tickets t"
-    " WHERE t.event_id = :event_id AND t.status = 'available'{section}"
-    " ORDER BY t.position LIMIT :n FOR UPDATE SKIP LOCKED"
-)
-# ...then holds that expired but have not been swept yet: those are free too.
-LOCK_BEST_EXPIRED = (
-    f"SELECT {_HELD_TICKET_COLUMNS} FROM tickets t"
-    " WHERE t.event_id = :event_id AND t.status = 'reserved' AND t.hold_expires_at <= now()"
-    "{section} ORDER BY t.position LIMIT :n FOR UPDATE SKIP LOCKED"
-)
-
-# One statement creates the reservation and claims the already-locked tickets: fewer round
-# trips while the locks are held. The self-join `old` reads the rows as they were before this
-# statement, so the audit can record what each ticket was (and which hold expired under it).
-HOLD_LOCKED_TICKETS = """
-    WITH new_reservation AS (
+# A reservation is ONE statement, so it costs one round trip (no BEGIN, no COMMIT) and its
+# locks last exactly as long as it runs. Its parts, in the order PostgreSQL runs them:
+#   locked           the lock query (below); FOR UPDATE returns each row as it is now, after
+#                    any wait, so the checks that follow see the truth
+#   new_reservation  inserted only when every ticket is there and free: all or nothing
+#   held, links      claim the locked tickets; the update finds each row's newest version
+#   audit            one row per change, recording a hold that expired under a ticket too
+# The final SELECT answers with the locked tickets and, if it was made, the reservation.
+_RESERVE = """
+    WITH locked AS ({lock}),
+    verdict AS (SELECT {enough} AS ok FROM locked),
+    new_reservation AS (
         INSERT INTO reservations (event_id, customer, token_hash, ticket_count, expires_at)
-        SELECT e.id, :customer, :token_hash, cardinality(CAST(:ids AS bigint[])),
+        SELECT e.id, :customer, :token_hash, (SELECT count(*) FROM locked),
                now() + make_interval(secs => e.hold_seconds)
-        FROM events e WHERE e.id = :event_id
-        RETURNING id, event_id, created_at, expires_at
+        FROM events e, verdict WHERE e.id = :event_id AND verdict.ok
+        RETURNING id, created_at, expires_at
     ), held AS (
         UPDATE tickets t
         SET status = 'reserved', reservation_id = r.id, hold_expires_at = r.expires_at
-        FROM new_reservation r, tickets old
-        WHERE t.id = ANY(CAST(:ids AS bigint[])) AND old.id = t.id
+        FROM new_reservation r, locked l
+        WHERE t.id = l.id
         RETURNING t.id, t.event_id, r.id AS reservation_id,
-                  old.status AS old_status, old.reservation_id AS old_reservation_id
+                  l.status AS old_status, l.reservation_id AS old_reservation_id
     ), links AS (
         INSERT INTO reservation_tickets (reservation_id, ticket_id, event_id)
         SELECT reservation_id, id, event_id FROM held
@@ -129,26 +109,71 @@ HOLD_LOCKED_TICKETS = """
         ) changes
         ORDER BY id, step
     )
-    SELECT r.id, r.created_at, r.expires_at, e.currency,
-           (SELECT count(*) FROM held) AS held_count
-    FROM new_reservation r JOIN events e ON e.id = r.event_id
+    SELECT l.id, l.label, l.section, l.row_label, l.seat, l.price_minor, l.available,
+           r.id AS reservation_id, r.created_at, r.expires_at,
+           (SELECT currency FROM events WHERE id = :event_id) AS currency
+    FROM locked l LEFT JOIN new_reservation r ON true
+    ORDER BY l.id
 """
 
+_LOCKED_COLUMNS = (
+    "t.id, t.label, t.section, t.row_label, t.seat, t.price_minor, t.status,"
+    f" t.reservation_id, {IS_AVAILABLE} AS available"
+)
 
-# One reservation's statements, in order, inside one transaction. The benchmark replays exactly
-# these through pgbench to measure what the database alone can do.
-RESERVE_CHOSEN_STATEMENTS = (LOCK_CHOSEN_TICKETS, HOLD_LOCKED_TICKETS)
-RESERVE_BEST_AVAILABLE_STATEMENTS = (LOCK_BEST_AVAILABLE.format(section=""), HOLD_LOCKED_TICKETS)
+# FOR UPDATE in id order: overlapping multi-ticket holds queue in one direction and can never
+# deadlock. A busy row fails fast (NOWAIT, or the session's short lock_timeout) rather than
+# queueing buyers behind a winner they cannot beat.
+LOCK_CHOSEN_TICKETS = (
+    f"SELECT {_LOCKED_COLUMNS}"
+    " FROM tickets t WHERE t.id = ANY(CAST(:ids AS bigint[])) AND t.event_id = :event_id"
+    " ORDER BY t.id FOR UPDATE"
+)
 
-_LOCK_CHOSEN = Statement.from_named(LOCK_CHOSEN_TICKETS)
-_LOCK_CHOSEN_NOWAIT = Statement.from_named(LOCK_CHOSEN_TICKETS + " NOWAIT")
-_HOLD = Statement.from_named(HOLD_LOCKED_TICKETS)
-_LOCK_BEST = {
-    has_section: (
-        Statement.from_named(LOCK_BEST_AVAILABLE.format(section=section_filter)),
-        Statement.from_named(LOCK_BEST_EXPIRED.format(section=section_filter)),
+# SKIP LOCKED: concurrent buyers of one event take different rows instead of queueing on the
+# same few. Free rows first, through the partial index on available tickets...
+LOCK_BEST_AVAILABLE = (
+    f"SELECT {_LOCKED_COLUMNS} FROM tickets t"
+    " WHERE t.event_id = :event_id AND t.status = 'available'{section}"
+    " ORDER BY t.position LIMIT :n FOR UPDATE SKIP LOCKED"
+)
+# ...and only when those run short, free seats that include holds which expired but have not
+# been swept yet (those are free too). The OR costs an index filter, hence the two queries.
+LOCK_BEST_INCLUDING_EXPIRED = (
+    f"SELECT {_LOCKED_COLUMNS} FROM tickets t"
+    f" WHERE t.event_id = :event_id AND {IS_AVAILABLE}{{section}}"
+    " ORDER BY t.position LIMIT :n FOR UPDATE SKIP LOCKED"
+)
+
+_ALL_CHOSEN_FREE = "count(*) = cardinality(CAST(:ids AS bigint[])) AND bool_and(available)"
+_ENOUGH = "count(*) = :n"
+
+RESERVE_CHOSEN = _RESERVE.format(lock=LOCK_CHOSEN_TICKETS, enough=_ALL_CHOSEN_FREE)
+RESERVE_BEST_AVAILABLE = _RESERVE.format(
+    lock=LOCK_BEST_AVAILABLE.format(section=""), enough=_ENOUGH
+)
+
+# What one reservation runs, in order, in one transaction: the benchmark replays exactly this
+# through pgbench to measure what the database alone can do.
+RESERVE_CHOSEN_STATEMENTS = (RESERVE_CHOSEN,)
+RESERVE_BEST_AVAILABLE_STATEMENTS = (RESERVE_BEST_AVAILABLE,)
+
+_RESERVE_CHOSEN = Statement.from_named(RESERVE_CHOSEN)
+_RESERVE_CHOSEN_NOWAIT = Statement.from_named(
+    _RESERVE.format(lock=LOCK_CHOSEN_TICKETS + " NOWAIT", enough=_ALL_CHOSEN_FREE)
+)
+_SECTION = " AND t.section = :section"
+_RESERVE_BEST = {
+    (has_section, include_expired): Statement.from_named(
+        _RESERVE.format(
+            lock=(LOCK_BEST_INCLUDING_EXPIRED if include_expired else LOCK_BEST_AVAILABLE).format(
+                section=_SECTION if has_section else ""
+            ),
+            enough=_ENOUGH,
+        )
     )
-    for has_section, section_filter in ((False, ""), (True, " AND t.section = :section"))
+    for has_section in (False, True)
+    for include_expired in (False, True)
 }
 _EVENT_EXISTS = Statement.from_named("SELECT 1 FROM events WHERE id = :event_id")
 _SECTION_EXISTS = Statement.from_named(
@@ -156,24 +181,17 @@ _SECTION_EXISTS = Statement.from_named(
 )
 
 
-async def _hold(
-    conn: asyncpg.Connection, *, event_id: uuid.UUID, tickets: list[Any], customer: str
-) -> Hold:
-    token, token_hash = new_token()
-    ids = [ticket["id"] for ticket in tickets]
-    [row] = await fetch(
-        conn, _HOLD, event_id=event_id, ids=ids, customer=customer, token_hash=token_hash
-    )
-    assert row["held_count"] == len(ids), "locked tickets must all be held"
+def _hold_from(rows: list[Any], *, event_id: uuid.UUID, customer: str, token: str) -> Hold:
+    first = rows[0]
     return Hold(
-        reservation_id=row["id"],
+        reservation_id=first["reservation_id"],
         event_id=event_id,
         customer=customer,
         token=token,
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        currency=row["currency"],
-        tickets=tickets,
+        created_at=first["created_at"],
+        expires_at=first["expires_at"],
+        currency=first["currency"],
+        tickets=rows,
     )
 
 
@@ -187,30 +205,35 @@ async def reserve_tickets(
 ) -> Hold:
     """Hold exactly these tickets, all or none; 409 listing any that are taken."""
     ids = sorted(set(ticket_ids))
+    token, token_hash = new_token()
     async with driver_connection(engine) as conn:
         try:
-            async with conn.transaction():
-                lock = _LOCK_CHOSEN_NOWAIT if nowait else _LOCK_CHOSEN
-                rows = await fetch(conn, lock, ids=ids, event_id=event_id)
-                if len(rows) != len(ids):
-                    if not rows and not await fetch(conn, _EVENT_EXISTS, event_id=event_id):
-                        raise EventNotFound(f"no event {event_id}")
-                    unknown = sorted(set(ids) - {row["id"] for row in rows})
-                    raise UnknownTickets(
-                        f"{len(unknown)} ticket(s) are not tickets of this event",
-                        ticket_ids=unknown,
-                    )
-                taken = [row["id"] for row in rows if not row["available"]]
-                if taken:
-                    raise TicketsUnavailable(
-                        f"{len(taken)} of the requested tickets are already held or sold",
-                        ticket_ids=taken,
-                    )
-                return await _hold(conn, event_id=event_id, tickets=rows, customer=customer)
+            rows = await fetch(
+                conn,
+                _RESERVE_CHOSEN_NOWAIT if nowait else _RESERVE_CHOSEN,
+                event_id=event_id,
+                ids=ids,
+                customer=customer,
+                token_hash=token_hash,
+            )
         except asyncpg.LockNotAvailableError:
             raise TicketsUnavailable(
                 "another buyer is reserving some of these tickets right now", ticket_ids=ids
             ) from None
+        if not rows and not await fetch(conn, _EVENT_EXISTS, event_id=event_id):
+            raise EventNotFound(f"no event {event_id}")
+    if len(rows) != len(ids):
+        unknown = sorted(set(ids) - {row["id"] for row in rows})
+        raise UnknownTickets(
+            f"{len(unknown)} ticket(s) are not tickets of this event", ticket_ids=unknown
+        )
+    taken = [row["id"] for row in rows if not row["available"]]
+    if taken:
+        raise TicketsUnavailable(
+            f"{len(taken)} of the requested tickets are already held or sold", ticket_ids=taken
+        )
+    assert rows[0]["reservation_id"] is not None, "free tickets, all found: the hold was made"
+    return _hold_from(rows, event_id=event_id, customer=customer, token=token)
 
 
 async def reserve_best_available(
@@ -222,27 +245,29 @@ async def reserve_best_available(
     customer: str,
 ) -> Hold:
     """Hold the best `quantity` free tickets (seat order), all or none."""
-    free, expired = _LOCK_BEST[section is not None]
+    token, token_hash = new_token()
     where: dict[str, Any] = {"event_id": event_id}
     if section is not None:
         where["section"] = section
-    async with driver_connection(engine) as conn, conn.transaction():
-        tickets = await fetch(conn, free, **where, n=quantity)
-        if len(tickets) < quantity:
-            tickets += await fetch(conn, expired, **where, n=quantity - len(tickets))
-        if len(tickets) < quantity:
-            if not await fetch(conn, _EVENT_EXISTS, event_id=event_id):
-                raise EventNotFound(f"no event {event_id}")
-            if section is not None and not await fetch(conn, _SECTION_EXISTS, **where):
-                raise UnknownSection(f"the event has no section {section!r}")
-            in_section = f" in section {section!r}" if section is not None else ""
-            raise TicketsUnavailable(
-                f"only {len(tickets)} of {quantity} tickets{in_section} are free right now",
-                requested=quantity,
-                free=len(tickets),
+    async with driver_connection(engine) as conn:
+        for include_expired in (False, True):
+            statement = _RESERVE_BEST[section is not None, include_expired]
+            rows = await fetch(
+                conn, statement, **where, n=quantity, customer=customer, token_hash=token_hash
             )
-        tickets.sort(key=lambda ticket: ticket["id"])
-        return await _hold(conn, event_id=event_id, tickets=tickets, customer=customer)
+            if len(rows) == quantity:
+                assert rows[0]["reservation_id"] is not None, "enough free tickets: held"
+                return _hold_from(rows, event_id=event_id, customer=customer, token=token)
+        if not await fetch(conn, _EVENT_EXISTS, event_id=event_id):
+            raise EventNotFound(f"no event {event_id}")
+        if section is not None and not await fetch(conn, _SECTION_EXISTS, **where):
+            raise UnknownSection(f"the event has no section {section!r}")
+    in_section = f" in section {section!r}" if section is not None else ""
+    raise TicketsUnavailable(
+        f"only {len(rows)} of {quantity} tickets{in_section} are free right now",
+        requested=quantity,
+        free=len(rows),
+    )
 
 
 _RESERVATION_COLUMNS = (
