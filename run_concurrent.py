@@ -12,21 +12,31 @@ Without --ticket-id it takes the first ticket that `GET /tickets` lists as avail
 Exit status: 0 exactly one winner and every other user refused with 409; 1 anything else
 (no winner, several winners, a 5xx, a transport error, another status); 2 the server cannot
 be reached, or it has no available ticket.
+
+The load and the verdict are `boxoffice simulate`'s (this is its one-ticket rush with the seed
+demo's request), so run it with the project installed: `.venv/bin/python run_concurrent.py`.
+`boxoffice simulate one-ticket` does the same on an event of its own and also checks the
+database's invariants.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
-import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+# One implementation of the rush and the verdict: the simulator's. This script keeps the seed
+# demo's request, its output and its exit codes.
+from boxoffice.simulate.load import Recorder, SetupError, check_reachable, describe, rush
+from boxoffice.simulate.outcomes import Attempt
+from boxoffice.simulate.scenarios import seed_one_ticket
+from boxoffice.simulate.verdict import Verdict
+from boxoffice.simulate.verdict import judge as judge_attempts
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_USERS = 10
@@ -39,9 +49,7 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_UNAVAILABLE = 2
 
-
-class SetupError(Exception):
-    """The rush cannot start: the server does not answer, or it has no ticket to fight over."""
+__all__ = ["Outcome", "Result", "SetupError", "Verdict", "judge", "main", "run"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,20 @@ class Outcome:
     summary: str
     sent_at: float = 0.0
     elapsed: float = 0.0
+
+    @classmethod
+    def from_attempt(cls, attempt: Attempt) -> Outcome:
+        return cls(attempt.buyer, attempt.status, attempt.detail, attempt.started, attempt.latency)
+
+    def attempt(self) -> Attempt:
+        return Attempt(
+            buyer=self.user,
+            action="reserve",
+            status=self.status,
+            started=self.sent_at,
+            latency=self.elapsed,
+            detail=self.summary,
+        )
 
     @property
     def won(self) -> bool:
@@ -76,15 +98,6 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    message: str
-
-    def line(self) -> str:
-        return f"VERDICT: {'OK' if self.ok else 'FAIL'} — {self.message}"
-
-
-@dataclass(frozen=True)
 class Result:
     url: str
     ticket_id: int
@@ -104,77 +117,15 @@ class Result:
 
 def judge(outcomes: Sequence[Outcome]) -> Verdict:
     """OK only for exactly one winner and a 409 for every other user; FAIL says what went wrong."""
-    if not outcomes:
-        return Verdict(False, "no user ran")
-    winners = sorted(outcome.user for outcome in outcomes if outcome.won)
-    refused = sum(1 for outcome in outcomes if outcome.refused)
-    server_errors = [outcome for outcome in outcomes if outcome.server_error]
-    transport_errors = [outcome for outcome in outcomes if outcome.transport_error]
-    others = [
-        outcome
-        for outcome in outcomes
-        if not (outcome.won or outcome.refused or outcome.server_error or outcome.transport_error)
-    ]
-
-    problems: list[str] = []
-    if not winners:
-        problems.append("zero winners: nobody got the ticket")
-    elif len(winners) > 1:
-        users = ", ".join(str(user) for user in winners)
-        problems.append(f"{len(winners)} winners (users {users}): the ticket was sold twice")
-    if server_errors:
-        counts = Counter(outcome.status for outcome in server_errors)
-        listed = ", ".join(f"{count}× {status}" for status, count in sorted(counts.items()))
-        problems.append(f"{len(server_errors)} server error(s) ({listed})")
-    if transport_errors:
-        problems.append(
-            f"{len(transport_errors)} transport error(s), e.g. {transport_errors[0].summary}"
-        )
-    if others:
-        counts = Counter(outcome.status for outcome in others)
-        listed = ", ".join(f"{count}× {status}" for status, count in sorted(counts.items()))
-        problems.append(f"{len(others)} unexpected answer(s) ({listed}), not 200 or 409")
-    if problems:
-        return Verdict(False, "; ".join(problems) + f" ({refused} refused with 409)")
-    return Verdict(True, f"exactly one winner (user {winners[0]}), {refused} refused with 409")
-
-
-def _summarise(response: httpx.Response) -> str:
-    """A short, human account of one answer."""
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = None
-    if response.status_code in WIN_STATUSES and isinstance(body, dict):
-        return f"WINNER  reservation {body.get('reservation_id')} until {body.get('expires_at')}"
-    if isinstance(body, dict) and ("title" in body or "detail" in body):
-        kind = "refused" if response.status_code == REFUSED_STATUS else "error"
-        title = body.get("title") or ""
-        detail = body.get("detail") or ""
-        text = f"{title}: {detail}" if title and detail else str(title or detail)
-        return f"{kind}  {text}"[:160]
-    snippet = " ".join(response.text.split())[:120]
-    return f"unexpected answer  {snippet or '(empty body)'}"
-
-
-def _timeout(seconds: float) -> httpx.Timeout:
-    return httpx.Timeout(seconds, connect=min(seconds, 5.0))
-
-
-async def check_reachable(url: str, *, request_timeout: float = 5.0) -> None:
-    """Raise SetupError unless the server answers HTTP at all (any status will do)."""
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=_timeout(request_timeout)) as client:
-            await client.get("/healthz")
-    except (httpx.TransportError, httpx.InvalidURL) as error:
-        raise SetupError(f"cannot reach the server at {url}: {_describe(error)}") from error
+    return judge_attempts([outcome.attempt() for outcome in outcomes], noun="user")
 
 
 async def find_available_ticket(url: str, *, request_timeout: float = 5.0) -> int:
     """The id of the first ticket that `GET /tickets` lists as available (following pages)."""
     after: int | None = None
+    timeout = httpx.Timeout(request_timeout, connect=min(request_timeout, 5.0))
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=_timeout(request_timeout)) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
             while True:
                 params: dict[str, int] = {"limit": PAGE_SIZE}
                 if after is not None:
@@ -196,42 +147,7 @@ async def find_available_ticket(url: str, *, request_timeout: float = 5.0) -> in
                     raise SetupError(f"no available ticket at {url} (GET /tickets lists none)")
                 after = int(next_after)
     except httpx.TransportError as error:
-        raise SetupError(f"cannot reach the server at {url}: {_describe(error)}") from error
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-async def _one_user(
-    url: str,
-    user: int,
-    ticket_id: int,
-    barrier: asyncio.Barrier,
-    request_timeout: float,
-) -> Outcome:
-    """One buyer: own connection, warmed up before the barrier, then one PATCH on release."""
-    # One connection per user, opened before the barrier, so the release sends N requests on
-    # N ready sockets instead of queueing them behind N TCP handshakes.
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    async with httpx.AsyncClient(
-        base_url=url, timeout=_timeout(request_timeout), limits=limits
-    ) as client:
-        # The PATCH below reports any real failure; every user must reach the barrier.
-        with contextlib.suppress(httpx.HTTPError):
-            await client.get("/healthz")
-        await barrier.wait()
-        sent_at = time.perf_counter()
-        try:
-            response = await client.patch(
-                "/tickets/reserve", json={"user_id": user, "ticket_id": ticket_id}
-            )
-        except httpx.HTTPError as error:
-            elapsed = time.perf_counter() - sent_at
-            return Outcome(user, None, f"transport error  {_describe(error)}", sent_at, elapsed)
-        elapsed = time.perf_counter() - sent_at
-        return Outcome(user, response.status_code, _summarise(response), sent_at, elapsed)
+        raise SetupError(f"cannot reach the server at {url}: {describe(error)}") from error
 
 
 async def run(
@@ -248,11 +164,19 @@ async def run(
     await check_reachable(url)
     if ticket_id is None:
         ticket_id = await find_available_ticket(url)
-    barrier = asyncio.Barrier(users)
-    outcomes = await asyncio.gather(
-        *(_one_user(url, user, ticket_id, barrier, request_timeout) for user in range(1, users + 1))
-    )
-    return Result(url, ticket_id, sorted(outcomes, key=lambda o: o.user), judge(outcomes))
+    target = ticket_id
+    recorder = Recorder()
+
+    async def send(client: httpx.AsyncClient, user: int) -> None:
+        await seed_one_ticket(recorder, client, user, target)
+
+    # One connection per user, opened before the barrier: N requests on N ready sockets.
+    await rush(url, users, send, request_timeout=request_timeout)
+    attempts = sorted(recorder.attempts, key=lambda attempt: attempt.buyer)
+    outcomes = [Outcome.from_attempt(attempt) for attempt in attempts]
+    # Judged on the full records, so the simulator's further checks apply too (the winner
+    # holds the very ticket it asked for).
+    return Result(url, ticket_id, outcomes, judge_attempts(attempts, noun="user"))
 
 
 def build_parser() -> argparse.ArgumentParser:

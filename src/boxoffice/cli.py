@@ -1,4 +1,4 @@
-"""The `boxoffice` command: serve · migrate · seed · sweep."""
+"""The `boxoffice` command: serve · migrate · seed · sweep · simulate."""
 
 import argparse
 import asyncio
@@ -21,6 +21,8 @@ def database(settings: Settings) -> Iterator[str]:
 
     print(f"boxoffice: no DATABASE_URL, starting the embedded PostgreSQL in {settings.data_dir}/")
     with embedded_postgres(settings.data_dir) as url:
+        # So other tools (`boxoffice simulate --database-url`, psql) can find the running server.
+        (settings.data_dir / "database_url").write_text(url + "\n")
         yield url
 
 
@@ -121,6 +123,13 @@ def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here: rich, httpx and the simulator load only for this command.
+    from boxoffice.simulate.runner import main as simulate
+
+    return simulate(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxoffice", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +150,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="free every expired hold now")
     sweep.set_defaults(handler=cmd_sweep)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="many buyers at once against a server: a verdict, and the invariants checked",
+        description="Create an event of its own, send many buyers at it, check the invariants "
+        "on the database, and print a verdict. Exit 0 OK, 1 FAIL (an invariant broken, a 5xx, "
+        "a ticket sold twice...), 2 cannot run.",
+    )
+    simulate.add_argument(
+        "scenario",
+        choices=["one-ticket", "overlap", "best-available", "mixed"],
+        help="one-ticket: N buyers, one seat · overlap: random multi-seat picks from a small "
+        "pool · best-available: N buyers of --quantity · mixed: reserve, then pay, release "
+        "or let expire",
+    )
+    simulate.add_argument(
+        "--url", help="a running server (default: start a private one on an embedded database)"
+    )
+    simulate.add_argument(
+        "--database-url", help="the server's database, for the invariants (default DATABASE_URL)"
+    )
+    simulate.add_argument("--admin-token", help="to create the run's event (default ADMIN_TOKEN)")
+    simulate.add_argument("--buyers", type=int, help="buyers (default 100)")
+    simulate.add_argument(
+        "--concurrency", type=int, help="requests in flight (one-ticket: all buyers; else 32)"
+    )
+    simulate.add_argument("--requests", type=int, help="stop new buyers after this many requests")
+    simulate.add_argument("--duration", type=float, help="stop new buyers after these seconds")
+    simulate.add_argument(
+        "--seats-per-hold",
+        "--quantity",
+        dest="seats_per_hold",
+        type=int,
+        help="seats per hold: the most a buyer picks (overlap, mixed), or exactly (best-available)",
+    )
+    simulate.add_argument("--pool", type=int, help="tickets in the run's event")
+    simulate.add_argument("--layout", choices=["seated", "ga"], help="seated or general admission")
+    simulate.add_argument("--hold-seconds", type=int, help="hold length (mixed 2, else 600)")
+    simulate.add_argument("--seed", type=int, help="replay the same buyers' choices")
+    simulate.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
+    simulate.add_argument(
+        "--no-invariants", action="store_true", help="do not check the database (no exit 1 for it)"
+    )
+    simulate.add_argument("--json", action="store_true", help="one JSON object, no table")
+    simulate.add_argument("--plot", metavar="FILE.png", help="latency and throughput charts")
+    simulate.set_defaults(handler=cmd_simulate)
     return parser
 
 
