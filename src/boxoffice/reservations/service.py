@@ -252,9 +252,17 @@ async def reserve_best_available(
     async with driver_connection(engine) as conn:
         for include_expired in (False, True):
             statement = _RESERVE_BEST[section is not None, include_expired]
-            rows = await fetch(
-                conn, statement, **where, n=quantity, customer=customer, token_hash=token_hash
-            )
+            try:
+                rows = await fetch(
+                    conn, statement, **where, n=quantity, customer=customer, token_hash=token_hash
+                )
+            except asyncpg.LockNotAvailableError:
+                # SKIP LOCKED still waits when it follows a row another buyer just changed;
+                # past the lock timeout the seats are contended, not gone: a clean 409.
+                raise TicketsUnavailable(
+                    "other buyers are taking these seats right now; try again",
+                    requested=quantity,
+                ) from None
             if len(rows) == quantity:
                 assert rows[0]["reservation_id"] is not None, "enough free tickets: held"
                 return _hold_from(rows, event_id=event_id, customer=customer, token=token)

@@ -99,7 +99,8 @@ class TicketAudit(Base):
         CheckConstraint(
             "reason IN ('reserved', 'confirmed', 'released', 'expired')", name="reason_known"
         ),
-        Index("ix_ticket_audit_ticket_id", "ticket_id"),
+        # A ticket's history in order; the invariant checker reads each ticket's last row.
+        Index("ix_ticket_audit_ticket_id_id", "ticket_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
