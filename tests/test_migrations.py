@@ -23,7 +23,15 @@ from boxoffice.errors import sqlstate
 from boxoffice.migrate import alembic_config, downgrade, upgrade
 from tests.conftest import ADMIN_TOKEN, Databases
 
-TABLES = {"events", "tickets", "reservations", "reservation_tickets", "bookings", "ticket_audit"}
+TABLES = {
+    "events",
+    "tickets",
+    "reservations",
+    "reservation_tickets",
+    "bookings",
+    "ticket_audit",
+    "idempotency_keys",
+}
 ENUMS = {"ticket_status", "reservation_status"}
 CHECK_VIOLATION = "23514"
 FOREIGN_KEY_VIOLATION = "23503"

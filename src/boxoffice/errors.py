@@ -76,6 +76,11 @@ class UnknownSection(InvalidRequest):
     title = "The event has no such section"
 
 
+class IdempotencyKeyReused(InvalidRequest):
+    slug = "idempotency-key-reused"
+    title = "Idempotency-Key reused with a different request"
+
+
 class Conflict(BoxofficeError):
     status = 409
     slug = "conflict"
@@ -97,10 +102,28 @@ class ReservationNotActive(Conflict):
     title = "Reservation is not active"
 
 
+class PayloadTooLarge(BoxofficeError):
+    """The request body is larger than MAX_BODY_BYTES; refused before it is parsed."""
+
+    status = 413
+    slug = "payload-too-large"
+    title = "Request body too large"
+
+
 class ServiceUnavailable(BoxofficeError):
     status = 503
     slug = "service-unavailable"
     title = "Service temporarily unavailable"
+
+
+class IdempotentReplay(Exception):
+    """Raised out of the effect's transaction when its Idempotency-Key already has an answer:
+    the transaction rolls back (nothing was done) and the handler replays that answer."""
+
+    def __init__(self, status_code: int, body: Any) -> None:
+        super().__init__(status_code)
+        self.status_code = status_code
+        self.body = body
 
 
 def problem(
@@ -116,7 +139,8 @@ def problem(
 
 
 # PostgreSQL SQLSTATEs that mean "the database is busy or gone", not "the code is wrong".
-_UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300", "08000", "08003", "08006"}
+# 57014: a statement outlived STATEMENT_TIMEOUT_MS (the database is too busy to answer).
+_UNAVAILABLE_SQLSTATES = {"57014", "57P01", "57P02", "57P03", "53300", "08000", "08003", "08006"}
 _LOCK_SQLSTATES = {"55P03", "40P01", "40001"}
 
 
@@ -137,6 +161,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
         return problem(exc.status, exc.slug, exc.title, exc.detail, headers, **exc.extensions)
+
+    @app.exception_handler(IdempotentReplay)
+    async def _replay(_: Request, exc: IdempotentReplay) -> JSONResponse:
+        return JSONResponse(
+            exc.body, status_code=exc.status_code, headers={"Idempotent-Replayed": "true"}
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from boxoffice.database import Base
 from boxoffice.events.models import Event
+from boxoffice.idempotency import IdempotencyKeyRow
 from boxoffice.reservations.models import Booking, Reservation, ReservationStatus, ReservationTicket
 from boxoffice.tickets.models import Ticket, TicketAudit, TicketStatus
 
@@ -9,6 +10,7 @@ __all__ = [
     "Base",
     "Booking",
     "Event",
+    "IdempotencyKeyRow",
     "Reservation",
     "ReservationStatus",
     "ReservationTicket",

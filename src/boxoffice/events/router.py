@@ -1,17 +1,22 @@
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
 from boxoffice.dependencies import AppSettings, Engine, require_admin
 from boxoffice.events import service
 from boxoffice.events.schemas import EventCreate, EventDetail, EventOut, EventPage, SectionOut
+from boxoffice.idempotency import IdempotencyKey, IdempotencyRequest, request_hash
 
 router = APIRouter(tags=["events"])
 
 
 async def _detail(engine: Engine, event_id: uuid.UUID) -> EventDetail:
     row, sections = await service.get_event(engine, event_id=event_id)
+    return _detail_from(row, sections)
+
+
+def _detail_from(row: Any, sections: list[Any]) -> EventDetail:
     return EventDetail(
         **EventOut.from_row(row).model_dump(),
         sections=[
@@ -27,13 +32,27 @@ async def _detail(engine: Engine, event_id: uuid.UUID) -> EventDetail:
     summary="Create an event and all its tickets (admin)",
 )
 async def create_event(
-    body: EventCreate, engine: Engine, settings: AppSettings, response: Response
+    body: EventCreate,
+    engine: Engine,
+    settings: AppSettings,
+    response: Response,
+    idempotency_key: IdempotencyKey,
 ) -> EventDetail:
+    idempotency = None
+    if idempotency_key is not None:
+        idempotency = IdempotencyRequest(
+            key=idempotency_key,
+            scope="POST /events",
+            request_hash=request_hash(body),
+            status_code=201,
+            render=lambda found: _detail_from(*found).model_dump(mode="json"),
+        )
     event_id = await service.create_event(
         engine,
         event=body,
         default_hold_seconds=settings.hold_seconds,
         max_tickets=settings.max_tickets_per_event,
+        idempotency=idempotency,
     )
     response.headers["Location"] = f"/events/{event_id}"
     return await _detail(engine, event_id)

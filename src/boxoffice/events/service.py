@@ -4,10 +4,11 @@ import uuid
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from boxoffice.errors import EventNotFound, InvalidRequest
 from boxoffice.events.schemas import EventCreate
+from boxoffice.idempotency import IdempotencyRequest, claim, finish
 from boxoffice.tickets.sql import IS_AVAILABLE, STATUS_COUNTS
 
 
@@ -50,13 +51,20 @@ _EVENT_WITH_COUNTS = f"""
 
 
 async def create_event(
-    engine: AsyncEngine, *, event: EventCreate, default_hold_seconds: int, max_tickets: int
+    engine: AsyncEngine,
+    *,
+    event: EventCreate,
+    default_hold_seconds: int,
+    max_tickets: int,
+    idempotency: IdempotencyRequest | None = None,
 ) -> uuid.UUID:
     if event.ticket_count > max_tickets:
         raise InvalidRequest(
             f"{event.ticket_count} tickets is more than the limit of {max_tickets} per event"
         )
     async with engine.begin() as conn:
+        if idempotency is not None:
+            await claim(conn, idempotency)
         event_id = (
             await conn.execute(
                 text(
@@ -98,30 +106,37 @@ async def create_event(
                 },
             )
             first_position += section.rows * section.seats_per_row
+        if idempotency is not None:
+            # The answer is the new event as this transaction sees it: the key commits with it.
+            await finish(conn, idempotency, await _event_on(conn, event_id))
     return uuid.UUID(str(event_id))
 
 
 async def get_event(engine: AsyncEngine, *, event_id: uuid.UUID) -> tuple[Any, list[Any]]:
     """The event with its counts by status, and each section's size and free seats."""
     async with engine.connect() as conn:
-        row = (
-            await conn.execute(text(_EVENT_WITH_COUNTS + " WHERE e.id = :id"), {"id": event_id})
-        ).first()
-        if row is None:
-            raise EventNotFound(f"no event {event_id}")
-        sections = (
-            await conn.execute(
-                text(
-                    f"SELECT t.section AS name, count(*) AS tickets,"
-                    f" count(*) FILTER (WHERE {IS_AVAILABLE}) AS available,"
-                    " min(t.position) AS first_position"
-                    " FROM tickets t WHERE t.event_id = :id AND t.section IS NOT NULL"
-                    " GROUP BY t.section ORDER BY first_position"
-                ),
-                {"id": event_id},
-            )
-        ).all()
-        return row, list(sections)
+        return await _event_on(conn, event_id)
+
+
+async def _event_on(conn: AsyncConnection, event_id: uuid.UUID) -> tuple[Any, list[Any]]:
+    row = (
+        await conn.execute(text(_EVENT_WITH_COUNTS + " WHERE e.id = :id"), {"id": event_id})
+    ).first()
+    if row is None:
+        raise EventNotFound(f"no event {event_id}")
+    sections = (
+        await conn.execute(
+            text(
+                f"SELECT t.section AS name, count(*) AS tickets,"
+                f" count(*) FILTER (WHERE {IS_AVAILABLE}) AS available,"
+                " min(t.position) AS first_position"
+                " FROM tickets t WHERE t.event_id = :id AND t.section IS NOT NULL"
+                " GROUP BY t.section ORDER BY first_position"
+            ),
+            {"id": event_id},
+        )
+    ).all()
+    return row, list(sections)
 
 
 async def list_events(

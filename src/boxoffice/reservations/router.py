@@ -5,6 +5,7 @@ from fastapi import APIRouter, Response
 
 from boxoffice.dependencies import AppSettings, Engine, HolderToken
 from boxoffice.errors import InvalidRequest
+from boxoffice.idempotency import IdempotencyKey, IdempotencyRequest, request_hash
 from boxoffice.reservations import service
 from boxoffice.reservations.schemas import (
     BookingOut,
@@ -40,7 +41,17 @@ async def reserve(
     engine: Engine,
     settings: AppSettings,
     response: Response,
+    idempotency_key: IdempotencyKey,
 ) -> ReservationCreated:
+    idempotency = None
+    if idempotency_key is not None:
+        idempotency = IdempotencyRequest(
+            key=idempotency_key,
+            scope=f"POST /events/{{event_id}}/reservations {event_id}",
+            request_hash=request_hash(body),
+            status_code=201,
+            render=lambda hold: created_from_hold(hold).model_dump(mode="json"),
+        )
     if body.ticket_ids is not None:
         service.validate_ticket_ids(body.ticket_ids, settings.max_tickets_per_hold)
         hold = await service.reserve_tickets(
@@ -49,6 +60,7 @@ async def reserve(
             ticket_ids=body.ticket_ids,
             customer=body.customer,
             nowait=settings.lock_timeout_ms == 0,
+            idempotency=idempotency,
         )
     else:
         assert body.quantity is not None
@@ -60,6 +72,7 @@ async def reserve(
             quantity=body.quantity,
             section=body.section,
             customer=body.customer,
+            idempotency=idempotency,
         )
     response.headers["Location"] = f"/reservations/{hold.reservation_id}"
     return created_from_hold(hold)
@@ -81,13 +94,29 @@ async def get_reservation(
     responses=_PROBLEMS,
 )
 async def confirm(
-    reservation_id: uuid.UUID, body: ConfirmRequest, engine: Engine, token: HolderToken
+    reservation_id: uuid.UUID,
+    body: ConfirmRequest,
+    engine: Engine,
+    token: HolderToken,
+    idempotency_key: IdempotencyKey,
 ) -> BookingOut:
+    idempotency = None
+    if idempotency_key is not None:
+        idempotency = IdempotencyRequest(
+            key=idempotency_key,
+            scope=f"POST /reservations/{{reservation_id}}/confirm {reservation_id}",
+            # The token is part of the request: someone else who learns the key and the
+            # reservation id gets a 422, not a replay of the holder's booking.
+            request_hash=request_hash(body, service.hash_token(token).hex()),
+            status_code=200,
+            render=lambda view: booking_from_view(view).model_dump(mode="json"),
+        )
     view = await service.confirm(
         engine,
         reservation_id=reservation_id,
         token=token,
         payment_reference=body.payment_reference,
+        idempotency=idempotency,
     )
     return booking_from_view(view)
 

@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +34,14 @@ from boxoffice.errors import (
     UnknownSection,
     UnknownTickets,
     sqlstate,
+)
+from boxoffice.idempotency import (
+    DELETE_EXPIRED_KEYS,
+    IdempotencyRequest,
+    claim,
+    claim_pg,
+    finish,
+    finish_pg,
 )
 from boxoffice.pg import Statement, driver_connection, fetch
 from boxoffice.tickets.sql import IS_AVAILABLE, TICKET_COLUMNS
@@ -181,6 +191,22 @@ _SECTION_EXISTS = Statement.from_named(
 )
 
 
+@asynccontextmanager
+async def _keyed_connection(
+    engine: AsyncEngine, idempotency: IdempotencyRequest | None
+) -> AsyncIterator[asyncpg.Connection]:
+    """The hot path's connection. Without an Idempotency-Key a reservation stays one
+    autocommitted statement (one round trip); with one, the key's claim, the reservation and
+    the stored answer share a transaction, so they commit or vanish together."""
+    async with driver_connection(engine) as conn:
+        if idempotency is None:
+            yield conn
+            return
+        async with conn.transaction():
+            await claim_pg(conn, idempotency)
+            yield conn
+
+
 def _hold_from(rows: list[Any], *, event_id: uuid.UUID, customer: str, token: str) -> Hold:
     first = rows[0]
     return Hold(
@@ -202,11 +228,12 @@ async def reserve_tickets(
     ticket_ids: list[int],
     customer: str,
     nowait: bool,
+    idempotency: IdempotencyRequest | None = None,
 ) -> Hold:
     """Hold exactly these tickets, all or none; 409 listing any that are taken."""
     ids = sorted(set(ticket_ids))
     token, token_hash = new_token()
-    async with driver_connection(engine) as conn:
+    async with _keyed_connection(engine, idempotency) as conn:
         try:
             rows = await fetch(
                 conn,
@@ -222,18 +249,21 @@ async def reserve_tickets(
             ) from None
         if not rows and not await fetch(conn, _EVENT_EXISTS, event_id=event_id):
             raise EventNotFound(f"no event {event_id}")
-    if len(rows) != len(ids):
-        unknown = sorted(set(ids) - {row["id"] for row in rows})
-        raise UnknownTickets(
-            f"{len(unknown)} ticket(s) are not tickets of this event", ticket_ids=unknown
-        )
-    taken = [row["id"] for row in rows if not row["available"]]
-    if taken:
-        raise TicketsUnavailable(
-            f"{len(taken)} of the requested tickets are already held or sold", ticket_ids=taken
-        )
-    assert rows[0]["reservation_id"] is not None, "free tickets, all found: the hold was made"
-    return _hold_from(rows, event_id=event_id, customer=customer, token=token)
+        if len(rows) != len(ids):
+            unknown = sorted(set(ids) - {row["id"] for row in rows})
+            raise UnknownTickets(
+                f"{len(unknown)} ticket(s) are not tickets of this event", ticket_ids=unknown
+            )
+        taken = [row["id"] for row in rows if not row["available"]]
+        if taken:
+            raise TicketsUnavailable(
+                f"{len(taken)} of the requested tickets are already held or sold", ticket_ids=taken
+            )
+        assert rows[0]["reservation_id"] is not None, "free tickets, all found: held"
+        hold = _hold_from(rows, event_id=event_id, customer=customer, token=token)
+        if idempotency is not None:
+            await finish_pg(conn, idempotency, hold)
+        return hold
 
 
 async def reserve_best_available(
@@ -243,13 +273,14 @@ async def reserve_best_available(
     quantity: int,
     section: str | None,
     customer: str,
+    idempotency: IdempotencyRequest | None = None,
 ) -> Hold:
     """Hold the best `quantity` free tickets (seat order), all or none."""
     token, token_hash = new_token()
     where: dict[str, Any] = {"event_id": event_id}
     if section is not None:
         where["section"] = section
-    async with driver_connection(engine) as conn:
+    async with _keyed_connection(engine, idempotency) as conn:
         for include_expired in (False, True):
             statement = _RESERVE_BEST[section is not None, include_expired]
             try:
@@ -265,7 +296,10 @@ async def reserve_best_available(
                 ) from None
             if len(rows) == quantity:
                 assert rows[0]["reservation_id"] is not None, "enough free tickets: held"
-                return _hold_from(rows, event_id=event_id, customer=customer, token=token)
+                hold = _hold_from(rows, event_id=event_id, customer=customer, token=token)
+                if idempotency is not None:
+                    await finish_pg(conn, idempotency, hold)
+                return hold
         if not await fetch(conn, _EVENT_EXISTS, event_id=event_id):
             raise EventNotFound(f"no event {event_id}")
         if section is not None and not await fetch(conn, _SECTION_EXISTS, **where):
@@ -390,10 +424,18 @@ async def _locked_reservation(
 
 
 async def confirm(
-    engine: AsyncEngine, *, reservation_id: uuid.UUID, token: str | None, payment_reference: str
+    engine: AsyncEngine,
+    *,
+    reservation_id: uuid.UUID,
+    token: str | None,
+    payment_reference: str,
+    idempotency: IdempotencyRequest | None = None,
 ) -> ReservationView:
     """Turn an active hold into a booking; its tickets become booked."""
     async with engine.begin() as conn:
+        if idempotency is not None:
+            # Before the reservation's lock: concurrent retries queue on the key, not the row.
+            await claim(conn, idempotency)
         row = await _locked_reservation(conn, reservation_id, token)
         if row.stored_status == "confirmed":
             booking = await _booking(conn, reservation_id)
@@ -443,7 +485,10 @@ async def confirm(
         refreshed = await _reservation_for_holder(
             conn, reservation_id=reservation_id, token=token, lock=False
         )
-        return ReservationView(reservation=refreshed, tickets=tickets, booking=booking)
+        view = ReservationView(reservation=refreshed, tickets=tickets, booking=booking)
+        if idempotency is not None:
+            await finish(conn, idempotency, view)
+        return view
 
 
 async def release(engine: AsyncEngine, *, reservation_id: uuid.UUID, token: str | None) -> None:
@@ -524,12 +569,15 @@ class SweepResult:
 
 
 async def free_expired_holds(engine: AsyncEngine, *, batch_size: int) -> SweepResult:
-    """Free tickets of expired holds and mark those holds expired, one batch each."""
+    """Free tickets of expired holds and mark those holds expired, one batch each; and
+    delete one batch of idempotency keys past their 24 hours."""
     async with engine.begin() as conn:
         tickets_freed = (await conn.execute(_FREE_EXPIRED_TICKETS, {"batch": batch_size})).scalar()
     async with engine.begin() as conn:
         expired = await conn.execute(_MARK_EXPIRED_RESERVATIONS, {"batch": batch_size})
         reservations_expired = len(expired.all())
+    async with engine.begin() as conn:
+        await conn.execute(DELETE_EXPIRED_KEYS, {"batch": batch_size})
     return SweepResult(int(tickets_freed or 0), reservations_expired)
 
 

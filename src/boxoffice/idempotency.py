@@ -1,0 +1,205 @@
+"""Idempotency-Key: a retried POST replays the first answer instead of repeating the effect.
+
+The key row is claimed at the start of the effect's own transaction and filled in with the
+answer at its end, so the key and the effect commit (or roll back) together:
+  - a concurrent request with the same key blocks on the primary key until the first one
+    ends; if it committed, the waiter replays the stored answer, if it rolled back (a refusal,
+    a crash), the waiter runs the effect itself;
+  - refusals (4xx) are raised out of the transaction and so never stored: a client may retry
+    a 409 with the same key once the seats free up, and get a fresh attempt.
+Keys live 24 hours; an older key is ignored and overwritten by its next use.
+"""
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import Depends, Header
+from pydantic import BaseModel
+from sqlalchemy import CheckConstraint, DateTime, Index, Integer, LargeBinary, Text, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import Mapped, mapped_column
+
+from boxoffice.database import Base
+from boxoffice.errors import IdempotencyKeyReused, IdempotentReplay, InvalidRequest
+from boxoffice.pg import Statement, fetch
+
+MAX_KEY_LENGTH = 200
+TTL = "24 hours"
+
+
+class IdempotencyKeyRow(Base):
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        CheckConstraint(f"char_length(key) BETWEEN 1 AND {MAX_KEY_LENGTH}", name="key_length"),
+        # The sweeper deletes keys past their 24 hours, oldest first.
+        Index("ix_idempotency_keys_created_at", "created_at"),
+    )
+
+    # (scope, key): the scope names the endpoint and its target, so one key reused on another
+    # endpoint, or on another reservation's confirm, is a new request, not a replay.
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    # NULL while the first request's transaction runs; never committed as NULL.
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[Any | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+@dataclass(frozen=True)
+class IdempotencyRequest:
+    """One keyed request: where it applies, what it asked, and how its answer is rendered."""
+
+    key: str
+    scope: str
+    request_hash: bytes
+    status_code: int
+    # The service's result -> the JSON body the router answers with; stored for replays.
+    render: Callable[[Any], Any]
+
+
+def request_hash(body: BaseModel, *extra: str) -> bytes:
+    """sha256 of the canonical JSON of the parsed body (sorted keys, no spaces), plus extras
+    such as a credential's hash that the body alone does not carry."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode())
+    for part in extra:
+        digest.update(b"\0" + part.encode())
+    return digest.digest()
+
+
+async def idempotency_key(
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Optional, 1-200 printable ASCII characters (a UUID is ideal). Retrying"
+            " with the same key and body replays the first answer (header"
+            " `Idempotent-Replayed: true`) for 24 hours; the same key with another body is a"
+            " 422. Refusals (4xx) are not stored, so they may be retried with the same key.",
+        ),
+    ] = None,
+) -> str | None:
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(" " <= c <= "~" for c in key):
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable ASCII characters"
+        )
+    return key
+
+
+IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
+
+# The session's lock_timeout is short so a busy seat is a quick 409; waiting for the first
+# request with our key is different (it commits in milliseconds and then we replay it), so
+# that one wait is bounded by statement_timeout only, and the short timeout comes back after.
+_WAIT_FOR_KEY = "SELECT set_config('lock_timeout', '0', true)"
+_RESTORE_LOCK_TIMEOUT = (
+    "SELECT set_config('lock_timeout', reset_val, true) FROM pg_settings"
+    " WHERE name = 'lock_timeout'"
+)
+# Claim the key, or take over one that expired. On conflict with a row still being written,
+# PostgreSQL waits for that transaction; DO UPDATE ... WHERE then re-checks the committed row.
+_CLAIM = f"""
+    INSERT INTO idempotency_keys AS k (scope, key, request_hash)
+    VALUES (:scope, :key, :request_hash)
+    ON CONFLICT (scope, key) DO UPDATE
+    SET request_hash = EXCLUDED.request_hash, status_code = NULL, response_body = NULL,
+        created_at = now()
+    WHERE k.created_at <= now() - interval '{TTL}'
+    RETURNING true AS claimed
+"""
+# ::text so both drivers (SQLAlchemy may install its own jsonb codec) hand back a string.
+_STORED = (
+    "SELECT request_hash, status_code, response_body::text AS body FROM idempotency_keys"
+    " WHERE scope = :scope AND key = :key"
+)
+_FINISH = (
+    "UPDATE idempotency_keys SET status_code = :status_code,"
+    " response_body = CAST(CAST(:body AS text) AS jsonb) WHERE scope = :scope AND key = :key"
+)
+
+# For the sweeper: expired keys are already ignored, deleting them only bounds the table.
+# SKIP LOCKED, like the rest of the sweep: a key being taken over right now is left alone.
+DELETE_EXPIRED_KEYS = text(
+    f"""
+    DELETE FROM idempotency_keys k USING (
+        SELECT scope, key FROM idempotency_keys
+        WHERE created_at <= now() - interval '{TTL}'
+        ORDER BY created_at LIMIT :batch FOR UPDATE SKIP LOCKED
+    ) expired
+    WHERE k.scope = expired.scope AND k.key = expired.key
+    """
+)
+
+_WAIT_FOR_KEY_PG = Statement.from_named(_WAIT_FOR_KEY)
+_RESTORE_LOCK_TIMEOUT_PG = Statement.from_named(_RESTORE_LOCK_TIMEOUT)
+_CLAIM_PG = Statement.from_named(_CLAIM)
+_STORED_PG = Statement.from_named(_STORED)
+_FINISH_PG = Statement.from_named(_FINISH)
+
+
+def _replay_or_refuse(request: IdempotencyRequest, stored: Any) -> IdempotentReplay:
+    if bytes(stored["request_hash"]) != request.request_hash:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    # A committed row always has its answer: the claim and the answer share a transaction.
+    assert stored["status_code"] is not None, "idempotency key committed without an answer"
+    return IdempotentReplay(stored["status_code"], json.loads(stored["body"]))
+
+
+def _params(request: IdempotencyRequest) -> dict[str, Any]:
+    return {"scope": request.scope, "key": request.key}
+
+
+async def claim(conn: AsyncConnection, request: IdempotencyRequest) -> None:
+    """First statement of the effect's SQLAlchemy transaction: claim the key, or raise
+    IdempotentReplay (rolling the transaction back) with the stored answer."""
+    await conn.execute(text(_WAIT_FOR_KEY))
+    claimed = await conn.execute(
+        text(_CLAIM), {**_params(request), "request_hash": request.request_hash}
+    )
+    if claimed.first() is None:
+        stored = (await conn.execute(text(_STORED), _params(request))).mappings().one()
+        raise _replay_or_refuse(request, stored)
+    await conn.execute(text(_RESTORE_LOCK_TIMEOUT))
+
+
+async def finish(conn: AsyncConnection, request: IdempotencyRequest, result: Any) -> None:
+    """Last statement of the effect's transaction: store the answer with the effect."""
+    await conn.execute(
+        text(_FINISH),
+        {
+            **_params(request),
+            "status_code": request.status_code,
+            "body": json.dumps(request.render(result)),
+        },
+    )
+
+
+async def claim_pg(conn: asyncpg.Connection, request: IdempotencyRequest) -> None:
+    """`claim` for a raw asyncpg connection inside `conn.transaction()` (the hot path)."""
+    await fetch(conn, _WAIT_FOR_KEY_PG)
+    claimed = await fetch(conn, _CLAIM_PG, **_params(request), request_hash=request.request_hash)
+    if not claimed:
+        (stored,) = await fetch(conn, _STORED_PG, **_params(request))
+        raise _replay_or_refuse(request, stored)
+    await fetch(conn, _RESTORE_LOCK_TIMEOUT_PG)
+
+
+async def finish_pg(conn: asyncpg.Connection, request: IdempotencyRequest, result: Any) -> None:
+    await fetch(
+        conn,
+        _FINISH_PG,
+        **_params(request),
+        status_code=request.status_code,
+        body=json.dumps(request.render(result)),
+    )
