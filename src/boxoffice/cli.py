@@ -61,6 +61,9 @@ def _migrate(url: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import shutil
+    import tempfile
+
     import uvicorn
 
     with database(settings) as url:
@@ -73,14 +76,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["ADMIN_TOKEN"] = _admin_token(settings)
         get_settings.cache_clear()
         print(f"boxoffice: serving on http://{args.host}:{args.port} (docs at /docs)", flush=True)
-        uvicorn.run(
-            "boxoffice.main:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level=args.log_level,
-        )
+        # The workers' metrics meet in a folder of this serve's own, set before any worker
+        # imports prometheus_client; /metrics from any worker then reports the sum.
+        metrics_dir = tempfile.mkdtemp(prefix="boxoffice-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        try:
+            uvicorn.run(
+                "boxoffice.main:create_app",
+                factory=True,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                log_level=args.log_level,
+            )
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

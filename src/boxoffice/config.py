@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 from pydantic import Field, model_validator
@@ -48,6 +49,11 @@ class Settings(BaseSettings):
     max_tickets_per_event: int = Field(default=200_000, ge=1)
     max_tickets_per_hold: int = Field(default=10, ge=1)
     max_page_size: int = Field(default=500, ge=1)
+
+    # `text` (uvicorn's usual lines) or `json` (one object per line, with the request id).
+    log_format: Literal["text", "json"] = "text"
+    # Larger request bodies are refused with 413 before they are parsed.
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
 
     @model_validator(mode="after")
     def _url_from_postgres_vars(self) -> "Settings":

@@ -3,21 +3,27 @@
 import asyncio
 import contextlib
 import gc
+import inspect
 import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from boxoffice import __version__
+from boxoffice import __version__, metrics
 from boxoffice.config import Settings, get_settings
 from boxoffice.database import create_engine
-from boxoffice.errors import install_error_handlers, problem
+from boxoffice.errors import BoxofficeError, install_error_handlers, problem, sqlstate
 from boxoffice.events.router import router as events_router
+from boxoffice.logs import configure_logging
+from boxoffice.middleware import OpsMiddleware
 from boxoffice.reservations.router import router as reservations_router
 from boxoffice.reservations.service import sweep_all
 from boxoffice.tickets.router import router as tickets_router
@@ -30,6 +36,7 @@ async def run_sweeper(engine: AsyncEngine, settings: Settings) -> None:
     while True:
         try:
             result = await sweep_all(engine, batch_size=settings.sweep_batch_size)
+            metrics.record_sweep(result.tickets_freed, result.reservations_expired)
             if result.tickets_freed or result.reservations_expired:
                 logger.info(
                     "sweeper freed %d tickets of %d expired holds",
@@ -40,12 +47,52 @@ async def run_sweeper(engine: AsyncEngine, settings: Settings) -> None:
             raise
         except Exception as error:
             # A database outage must not kill the sweeper; holds stay free lazily meanwhile.
+            metrics.record_sweep_failure()
             logger.warning("sweeper run failed: %s", error)
         await asyncio.sleep(settings.sweep_interval_seconds)
 
 
+async def sample_pool(engine: AsyncEngine) -> None:
+    """Publish this worker's pool usage every second (a gauge the other workers cannot read)."""
+    while True:
+        metrics.sample_pool(engine)
+        await asyncio.sleep(1.0)
+
+
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+def _count_lock_timeouts(app: FastAPI) -> None:
+    """Count lock timeouts on the error path only, wrapping the handlers that answer them.
+
+    The services turn asyncpg's LockNotAvailableError into a 409 domain error (`raise ... from
+    None` keeps it as __context__); elsewhere it reaches the database handlers as it is.
+    """
+    handlers = app.exception_handlers
+
+    def wrap(kind: type[BaseException], is_lock_timeout: Any) -> None:
+        inner = handlers[kind]
+
+        async def handler(request: Request, exc: Exception) -> Any:
+            if is_lock_timeout(exc):
+                metrics.LOCK_TIMEOUTS.inc()
+            response = inner(request, exc)
+            return await response if inspect.isawaitable(response) else response
+
+        handlers[kind] = handler
+
+    wrap(BoxofficeError, lambda exc: sqlstate_of(exc.__context__) == _LOCK_NOT_AVAILABLE)
+    wrap(DBAPIError, lambda exc: sqlstate_of(exc) == _LOCK_NOT_AVAILABLE)
+    wrap(asyncpg.PostgresError, lambda exc: sqlstate_of(exc) == _LOCK_NOT_AVAILABLE)
+
+
+def sqlstate_of(error: BaseException | None) -> str | None:
+    return sqlstate(error) if error is not None else None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings.log_format)
     if settings.admin_token is None:
         settings.admin_token = secrets.token_urlsafe(24)
         logger.warning("ADMIN_TOKEN is not set; this process uses %s", settings.admin_token)
@@ -58,17 +105,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # collector's way, so collections stay short on the request path.
         gc.collect()
         gc.freeze()
-        sweeper = None
+        tasks = [asyncio.create_task(sample_pool(engine), name="pool-sampler")]
         if settings.sweep_interval_seconds > 0:
-            sweeper = asyncio.create_task(run_sweeper(engine, settings), name="sweeper")
+            tasks.append(asyncio.create_task(run_sweeper(engine, settings), name="sweeper"))
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                    await task
             await engine.dispose()
+            metrics.worker_exiting()
 
     app = FastAPI(
         title="boxoffice",
@@ -80,6 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    _count_lock_timeouts(app)
+    app.add_middleware(OpsMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(events_router)
     app.include_router(tickets_router)
     app.include_router(reservations_router)
@@ -105,5 +155,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 {"Retry-After": "1"},
             )
         return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics, summed over the workers")
+    def prometheus_metrics(request: Request) -> Response:
+        # A plain def: reading the workers' sample files is blocking I/O, so a thread runs it.
+        engine: AsyncEngine | None = getattr(request.app.state, "engine", None)
+        if engine is not None:
+            metrics.sample_pool(engine)
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     return app

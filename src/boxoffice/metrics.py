@@ -1,0 +1,124 @@
+"""Prometheus metrics, summed over the workers of one `boxoffice serve`.
+
+`boxoffice serve` points PROMETHEUS_MULTIPROC_DIR at a private folder before its workers start
+(it must be set before prometheus_client is imported); each worker then writes its samples
+there and /metrics, whichever worker answers, reports the sum. Without that variable (an app
+built in-process, e.g. by a test) the metrics are this process's own.
+"""
+
+import os
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+REQUESTS = Counter(
+    "boxoffice_http_requests_total",
+    "HTTP requests answered, by route template, method and status",
+    ["route", "method", "status"],
+)
+LATENCY = Histogram(
+    "boxoffice_http_request_duration_seconds",
+    "Time from request start to the end of the response, by route template and method",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+RESERVATIONS = Counter(
+    "boxoffice_reservations_total",
+    "Reservation outcomes: won (hold made), refused (409), confirmed (paid), expired (swept)",
+    ["outcome"],
+)
+LOCK_TIMEOUTS = Counter(
+    "boxoffice_lock_timeouts_total",
+    "Requests that gave up on a row lock held by another request (SQLSTATE 55P03)",
+)
+POOL_CHECKED_OUT = Gauge(
+    "boxoffice_db_pool_checked_out",
+    "Database connections in use, summed over live workers",
+    multiprocess_mode="livesum",
+)
+POOL_SIZE = Gauge(
+    "boxoffice_db_pool_size",
+    "Database pool size (connections kept open), summed over live workers",
+    multiprocess_mode="livesum",
+)
+SWEEPER_RUNS = Counter("boxoffice_sweeper_runs_total", "Expiry sweeper runs", ["result"])
+SWEEPER_FREED_TICKETS = Counter(
+    "boxoffice_sweeper_freed_tickets_total", "Tickets freed from expired holds by the sweeper"
+)
+
+# The routes whose answers are reservation outcomes: (method, template) → {status: outcome}.
+_OUTCOMES: dict[tuple[str, str], dict[int, str]] = {
+    ("POST", "/events/{event_id}/reservations"): {201: "won", 409: "refused"},
+    ("PATCH", "/tickets/reserve"): {200: "won", 409: "refused"},
+    ("POST", "/reservations/{reservation_id}/confirm"): {200: "confirmed"},
+}
+
+# Label lookups take a lock and build a tuple; the request path reuses the children instead.
+_children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+
+
+def observe_request(
+    method: str, route: str, status: int, seconds: float, replayed: bool = False
+) -> None:
+    key = (method, route, status)
+    children = _children.get(key)
+    if children is None:
+        outcome = _OUTCOMES.get((method, route), {}).get(status)
+        children = (
+            REQUESTS.labels(route, method, str(status)),
+            LATENCY.labels(route, method),
+            RESERVATIONS.labels(outcome) if outcome else None,
+        )
+        _children[key] = children
+    requests, latency, outcome_counter = children
+    requests.inc()
+    latency.observe(seconds)
+    if outcome_counter is not None and not replayed:
+        outcome_counter.inc()
+
+
+def sample_pool(engine: AsyncEngine) -> None:
+    pool: Any = engine.pool
+    POOL_CHECKED_OUT.set(pool.checkedout())
+    POOL_SIZE.set(pool.size())
+
+
+def record_sweep(tickets_freed: int, reservations_expired: int) -> None:
+    SWEEPER_RUNS.labels("ok").inc()
+    SWEEPER_FREED_TICKETS.inc(tickets_freed)
+    RESERVATIONS.labels("expired").inc(reservations_expired)
+
+
+def record_sweep_failure() -> None:
+    SWEEPER_RUNS.labels("failed").inc()
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_DIR_ENV) or None
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text format: the sum over workers in multiprocess mode, else this process."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def worker_exiting() -> None:
+    """Drop this worker's live gauges, so the sums count only running workers."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

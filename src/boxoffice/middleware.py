@@ -1,0 +1,130 @@
+"""One pure ASGI middleware for every request: request id, body size cap, metrics.
+
+Kept to a few dictionary operations per request: the reservation hot path is benchmarked.
+It logs only refusals (a warning naming method and path, never headers: they carry tokens), and
+reads no header but Content-Length and X-Request-ID.
+"""
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from boxoffice import metrics
+from boxoffice.errors import PayloadTooLarge, problem
+from boxoffice.logs import request_id
+
+logger = logging.getLogger(__name__)
+
+_SANE_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+_REQUEST_ID = b"x-request-id"
+_CONTENT_LENGTH = b"content-length"
+# An Idempotency-Key replay repeats an earlier answer: not a new reservation outcome.
+_REPLAYED = (b"idempotent-replayed", b"true")
+
+
+class OpsMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        incoming: bytes | None = None
+        length: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == _REQUEST_ID:
+                incoming = value
+            elif name == _CONTENT_LENGTH:
+                length = value
+        rid = (
+            incoming.decode("ascii")
+            if incoming is not None and _SANE_ID.fullmatch(incoming)
+            else uuid.uuid4().hex
+        )
+        token = request_id.set(rid)
+        rid_header = (_REQUEST_ID, rid.encode("ascii"))
+        status = 500
+        replayed = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, replayed
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = message.get("headers", ())
+                replayed = _REPLAYED in headers
+                message["headers"] = [*headers, rid_header]
+            await send(message)
+
+        try:
+            too_large = False
+            if length is not None:
+                try:
+                    too_large = int(length) > self.max_body_bytes
+                except ValueError:
+                    too_large = False  # the server itself refuses a malformed Content-Length
+            elif scope["method"] not in ("GET", "HEAD", "OPTIONS", "DELETE"):
+                # Streamed (chunked) body: read it up to the cap before anything parses it.
+                receive, too_large = await self._buffer(receive)
+            if too_large:
+                await self._refuse(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
+            route: Any = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            metrics.observe_request(
+                scope["method"], template, status, time.perf_counter() - started, replayed
+            )
+
+    async def _buffer(self, receive: Receive) -> tuple[Receive, bool]:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                # The client went away: let the app see the disconnect.
+                pending: list[Message] = [message]
+                break
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_body_bytes:
+                return receive, True
+            chunks.append(body)
+            if not message.get("more_body", False):
+                pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+                break
+
+        async def replay() -> Message:
+            if pending:
+                return pending.pop()
+            return await receive()
+
+        return replay, False
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        logger.warning(
+            "refused %s %s: body over %d bytes", scope["method"], scope["path"], self.max_body_bytes
+        )
+        # Read (and drop) what the client is still sending, so it sees the answer instead of a
+        # connection reset; a client that keeps sending far past the cap is cut off instead.
+        drained = 0
+        more = True
+        while more and drained <= 16 * self.max_body_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            drained += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        error = PayloadTooLarge(f"the request body is larger than {self.max_body_bytes} bytes")
+        response = problem(error.status, error.slug, error.title, error.detail)
+        if more:
+            response.headers["Connection"] = "close"
+        await response(scope, receive, send)

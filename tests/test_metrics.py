@@ -1,0 +1,179 @@
+"""/metrics (summed over the two workers of the live server) and JSON logs with request ids."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import ADMIN, ADMIN_TOKEN, EventFactory, running_server, ticket_ids
+
+RESERVE_ROUTE = "/events/{event_id}/reservations"
+
+
+def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of the text format, by name and labels."""
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            samples[key] = samples.get(key, 0.0) + sample.value
+    return samples
+
+
+def value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = await client.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return parse(response.text)
+
+
+async def test_metrics_count_requests_over_all_workers(live_server: str) -> None:
+    async with httpx.AsyncClient(base_url=live_server) as client:
+        before = await scrape(client)
+    # A new connection per request, so both workers answer some of them.
+    for _ in range(20):
+        async with httpx.AsyncClient(base_url=live_server) as fresh:
+            assert (await fresh.get("/healthz")).status_code == 200
+    async with httpx.AsyncClient(base_url=live_server) as client:
+        after = await scrape(client)
+    name = "boxoffice_http_requests_total"
+    labels: dict[str, Any] = {"route": "/healthz", "method": "GET", "status": "200"}
+    assert value(after, name, **labels) - value(before, name, **labels) == 20
+    histogram = "boxoffice_http_request_duration_seconds_count"
+    assert (
+        value(after, histogram, route="/healthz") - value(before, histogram, route="/healthz") == 20
+    )
+    # Each of the two workers reports its pool; the gauge is their sum.
+    assert value(after, "boxoffice_db_pool_size") >= 2 * 20
+    assert value(after, "boxoffice_db_pool_checked_out") >= 0
+
+
+async def test_reservations_move_the_outcome_counters(
+    client: httpx.AsyncClient, make_event: EventFactory
+) -> None:
+    event = await make_event(rows=1, seats_per_row=5)
+    ids = await ticket_ids(client, event["id"])
+    before = await scrape(client)
+
+    tokens = []
+    for ticket in ids[:3]:
+        response = await client.post(
+            f"/events/{event['id']}/reservations", json={"ticket_ids": [ticket], "customer": "m"}
+        )
+        assert response.status_code == 201, response.text
+        tokens.append((response.json()["id"], response.json()["token"]))
+    taken = await client.post(
+        f"/events/{event['id']}/reservations", json={"ticket_ids": [ids[0]], "customer": "late"}
+    )
+    assert taken.status_code == 409
+    rid, token = tokens[0]
+    paid = await client.post(
+        f"/reservations/{rid}/confirm",
+        json={"payment_reference": "pay-1"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert paid.status_code == 200, paid.text
+
+    after = await scrape(client)
+    counter = "boxoffice_reservations_total"
+    assert value(after, counter, outcome="won") - value(before, counter, outcome="won") == 3
+    assert value(after, counter, outcome="refused") - value(before, counter, outcome="refused") == 1
+    confirmed = value(after, counter, outcome="confirmed") - value(
+        before, counter, outcome="confirmed"
+    )
+    assert confirmed == 1
+    requests = "boxoffice_http_requests_total"
+    for status, count in (("201", 3), ("409", 1)):
+        moved = value(after, requests, route=RESERVE_ROUTE, status=status) - value(
+            before, requests, route=RESERVE_ROUTE, status=status
+        )
+        assert moved == count
+    text = (await client.get("/metrics")).text
+    assert "boxoffice_lock_timeouts_total " in text
+    assert "boxoffice_sweeper_freed_tickets_total " in text
+
+
+def test_json_logs_carry_the_request_id_and_no_tokens(
+    database_url: str, tmp_path: Path, make_event: EventFactory
+) -> None:
+    log_path = tmp_path / "server.log"
+    with (
+        running_server(
+            database_url, log_path, LOG_FORMAT="json", MAX_BODY_BYTES="1000", workers=1
+        ) as base_url,
+        httpx.Client(base_url=base_url, timeout=30) as client,
+    ):
+        response = client.get("/healthz", headers={"X-Request-ID": "test-123"})
+        assert response.headers["x-request-id"] == "test-123"
+        # An insane id is replaced by a fresh one.
+        other = client.get("/healthz", headers={"X-Request-ID": "bad id/" + "x" * 80})
+        assert len(other.headers["x-request-id"]) == 32
+        created = client.post(
+            "/events",
+            json={
+                "name": "Logged",
+                "starts_at": "2030-01-01T20:00:00Z",
+                "general_admission": {"quantity": 3, "price": 100},
+            },
+            headers=ADMIN,
+        )
+        assert created.status_code == 201, created.text
+        hold = client.post(
+            f"/events/{created.json()['id']}/reservations",
+            json={"quantity": 1, "customer": "log"},
+            headers={"X-Request-ID": "test-123"},
+        )
+        assert hold.status_code == 201, hold.text
+        token = hold.json()["token"]
+        auth = {"Authorization": f"Bearer {token}", "X-Request-ID": "test-123"}
+        assert client.get(f"/reservations/{hold.json()['id']}", headers=auth).status_code == 200
+        # A refusal is logged (a warning), with the request's id.
+        refused = client.post(
+            "/events", content=b"x" * 2000, headers={**ADMIN, "X-Request-ID": "test-123"}
+        )
+        assert refused.status_code == 413
+        assert refused.headers["x-request-id"] == "test-123"
+
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    entries = []
+    for line in lines:
+        assert token not in line
+        assert ADMIN_TOKEN not in line
+        if line.startswith("{"):
+            entries.append(json.loads(line))
+    ours = [entry for entry in entries if entry.get("request_id") == "test-123"]
+    assert ours, lines
+    for entry in ours:
+        assert {"time", "level", "logger", "message", "request_id"} <= entry.keys()
+
+
+async def test_a_lock_timeout_is_counted(
+    client: httpx.AsyncClient, make_event: EventFactory, engine: AsyncEngine
+) -> None:
+    event = await make_event(rows=1, seats_per_row=2)
+    ids = await ticket_ids(client, event["id"])
+    before = await scrape(client)
+    async with engine.begin() as conn:
+        # Another transaction holds the seat's row lock: the reservation waits LOCK_TIMEOUT_MS.
+        await conn.execute(text("SELECT id FROM tickets WHERE id = :id FOR UPDATE"), {"id": ids[0]})
+        response = await client.post(
+            f"/events/{event['id']}/reservations", json={"ticket_ids": [ids[0]], "customer": "l"}
+        )
+        assert response.status_code == 409, response.text
+    after = await scrape(client)
+    name = "boxoffice_lock_timeouts_total"
+    assert value(after, name) - value(before, name) == 1
+    counter = "boxoffice_reservations_total"
+    assert value(after, counter, outcome="refused") - value(before, counter, outcome="refused") == 1
