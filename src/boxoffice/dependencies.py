@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice.config import Settings
-from boxoffice.errors import Forbidden, Unauthorized
+from boxoffice.errors import Forbidden, InvalidRequest, Unauthorized
 
 _bearer = HTTPBearer(auto_error=False, description="The admin token, or a reservation's token.")
 
@@ -49,6 +49,13 @@ async def require_admin(
     expected = settings.admin_token
     if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
         raise Forbidden("that is not the admin token")
+
+
+def page_size(limit: int, settings: Settings) -> int:
+    """A listing's `limit`, refused (not silently cut) above MAX_PAGE_SIZE."""
+    if limit > settings.max_page_size:
+        raise InvalidRequest(f"limit may be at most {settings.max_page_size}")
+    return limit
 
 
 Engine = Annotated[AsyncEngine, Depends(get_engine)]

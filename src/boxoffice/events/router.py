@@ -3,7 +3,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from boxoffice.dependencies import AppSettings, Engine, require_admin
+from boxoffice.dependencies import AppSettings, Engine, page_size, require_admin
 from boxoffice.events import service
 from boxoffice.events.schemas import EventCreate, EventDetail, EventOut, EventPage, SectionOut
 from boxoffice.idempotency import IdempotencyKey, IdempotencyRequest, request_hash
@@ -66,7 +66,7 @@ async def list_events(
     after: uuid.UUID | None = None,
 ) -> EventPage:
     rows, next_after = await service.list_events(
-        engine, limit=min(limit, settings.max_page_size), after=after
+        engine, limit=page_size(limit, settings), after=after
     )
     return EventPage(items=[EventOut.from_row(row) for row in rows], next_after=next_after)
 

@@ -3,7 +3,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from boxoffice.dependencies import AppSettings, Engine
+from boxoffice.dependencies import AppSettings, Engine, page_size
 from boxoffice.reservations import service as reservations
 from boxoffice.tickets import service
 from boxoffice.tickets.models import TicketStatus
@@ -34,7 +34,7 @@ async def list_event_tickets(
         event_id=event_id,
         status=status,
         section=section,
-        limit=min(limit, settings.max_page_size),
+        limit=page_size(limit, settings),
         after=after,
     )
     return TicketPage(
@@ -56,7 +56,7 @@ async def list_tickets(
     after: TicketCursor = None,
 ) -> list[TicketOut]:
     rows, next_after = await service.list_all_tickets(
-        engine, limit=min(limit, settings.max_page_size), after=after
+        engine, limit=page_size(limit, settings), after=after
     )
     if next_after is not None:
         response.headers["X-Next-After"] = str(next_after)
