@@ -186,13 +186,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(PoolTimeoutError)
     async def _pool(_: Request, exc: PoolTimeoutError) -> JSONResponse:
-        return problem(
-            503,
-            "service-unavailable",
-            "Service temporarily unavailable",
-            "all database connections are busy; retry shortly",
-            {"Retry-After": "1"},
-        )
+        return unavailable("all database connections are busy; retry shortly")
 
     @app.exception_handler(DBAPIError)
     async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
@@ -210,18 +204,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OSError)
     async def _unreachable(_: Request, exc: OSError) -> JSONResponse:
         logger.warning("database unreachable: %s", exc)
-        return problem(
-            503,
-            "service-unavailable",
-            "Service temporarily unavailable",
-            "the database is unreachable; retry shortly",
-            {"Retry-After": "1"},
-        )
+        return unavailable("the database is unreachable; retry shortly")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
         return problem(500, "internal-error", "Internal error", "an unexpected error occurred")
+
+
+def unavailable(detail: str) -> JSONResponse:
+    """503 problem+json with Retry-After: the one answer for a busy or absent database."""
+    error = ServiceUnavailable(detail)
+    return problem(error.status, error.slug, error.title, detail, {"Retry-After": "1"})
 
 
 def _database_problem(code: str | None, invalidated: bool) -> JSONResponse:
@@ -237,13 +231,7 @@ def _database_problem(code: str | None, invalidated: bool) -> JSONResponse:
         )
     if code in _UNAVAILABLE_SQLSTATES or invalidated or code is None:
         logger.warning("database unavailable (SQLSTATE %s)", code)
-        return problem(
-            503,
-            "service-unavailable",
-            "Service temporarily unavailable",
-            "the database is unavailable; retry shortly",
-            {"Retry-After": "1"},
-        )
+        return unavailable("the database is unavailable; retry shortly")
     logger.error("unexpected database error %s", code, exc_info=True)
     return problem(500, "internal-error", "Internal error", "an unexpected error occurred")
 

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from boxoffice import __version__, metrics
 from boxoffice.config import Settings, get_settings
 from boxoffice.database import create_engine
-from boxoffice.errors import BoxofficeError, install_error_handlers, problem, sqlstate
+from boxoffice.errors import BoxofficeError, install_error_handlers, sqlstate, unavailable
 from boxoffice.events.router import router as events_router
 from boxoffice.logs import configure_logging
 from boxoffice.middleware import OpsMiddleware
@@ -147,13 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await conn.execute(text("SELECT 1"))
         except Exception as error:
             logger.warning("not ready: %s", error.__class__.__name__)
-            return problem(
-                503,
-                "service-unavailable",
-                "Service temporarily unavailable",
-                "the database does not answer",
-                {"Retry-After": "1"},
-            )
+            return unavailable("the database does not answer")
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics, summed over the workers")
