@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -113,11 +114,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
 @contextmanager
 def running_server(
     database_url: str, log_path: Path, *, workers: int = 2, **env: str
 ) -> Iterator[str]:
     """`boxoffice serve` in a subprocess, exactly as a user starts it; yields its base URL."""
+    with serving(database_url, log_path, workers=workers, **env) as served:
+        yield served.url
+
+
+@contextmanager
+def serving(
+    database_url: str, log_path: Path, *, workers: int = 2, **env: str
+) -> Iterator[Served]:
+    """`running_server`, also handing out the `serve` process (the workers' parent)."""
     port = free_port()
     environment = {
         **os.environ,
@@ -133,7 +149,7 @@ def running_server(
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(base_url, process, log_path)
-        yield base_url
+        yield Served(base_url, process)
     finally:
         process.terminate()
         try:

@@ -1,8 +1,10 @@
 """Engine, sessions and the declarative base every domain's models share."""
 
+import os
 from typing import Any
 
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -37,9 +39,28 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
                 # Every row lock waits at most this long; a busy seat is a 409, not a queue.
                 "lock_timeout": str(settings.lock_timeout_ms or settings.statement_timeout_ms),
                 "idle_in_transaction_session_timeout": "60000",
-                "application_name": "boxoffice",
+                # A worker that dies mid-statement (kill -9, OOM) leaves its backend waiting
+                # on a row lock; PostgreSQL notices the lost client within this time and rolls
+                # the statement back instead of finishing a hold nobody will hear about.
+                "client_connection_check_interval": "1000",
+                # pg_stat_activity shows which worker each connection belongs to.
+                "application_name": f"boxoffice/{os.getpid()}",
             },
         },
     }
     options.update(overrides)
-    return create_async_engine(async_url(settings.database_url), **options)
+    engine = create_async_engine(async_url(settings.database_url), **options)
+    event.listen(engine.sync_engine, "checkout", _discard_closed_connection)
+    return engine
+
+
+def _discard_closed_connection(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Never lend out a connection the server has already closed.
+
+    After a database restart or `pg_terminate_backend`, every idle pooled connection is dead.
+    asyncpg learns that from the event loop when the socket closes, so this check costs no
+    round trip (unlike pool_pre_ping); raising DisconnectionError makes the pool drop the
+    connection and open a fresh one, so requests after an outage do not fail one per corpse.
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("the server closed this connection")

@@ -198,7 +198,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return _database_problem(sqlstate(exc), invalidated=False)
 
     @app.exception_handler(asyncpg.InterfaceError)
-    async def _driver_connection(_: Request, exc: asyncpg.InterfaceError) -> JSONResponse:
+    @app.exception_handler(asyncpg.exceptions.InternalClientError)
+    async def _driver_connection(_: Request, exc: Exception) -> JSONResponse:
+        # A connection lost under the statement (InternalClientError: the server ended the
+        # session, e.g. pg_terminate_backend, and the driver had not yet seen the socket close).
         return _database_problem(None, invalidated=True)
 
     @app.exception_handler(OSError)

@@ -14,6 +14,17 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+# Errors after which the connection cannot be trusted: the server is gone, restarting, or
+# ended our session (57P01 admin_shutdown from pg_terminate_backend, 57P02, 57P03, 08xxx).
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    # The server's goodbye arrived but the socket's end did not yet: the protocol is stuck.
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.OperatorInterventionError,
+    OSError,
+)
+
 # `:name` but not the second colon of a `::type` cast.
 _NAMED_PARAMETER = re.compile(r"(?<!:):([a-z_]+)\b")
 
@@ -46,7 +57,20 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
     """An asyncpg connection checked out of the engine's pool, returned to it afterwards."""
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
-        yield raw.driver_connection
+        driver: asyncpg.Connection = raw.driver_connection
+        try:
+            yield driver
+        except BaseException as error:
+            # SQLAlchemy throws away a broken connection only when its own statement broke it.
+            # Here the driver ran the statement, so a connection lost with it (the server
+            # restarted, our backend was terminated) must be invalidated by hand, or the pool
+            # would lend out a dead connection again and again after the database is back.
+            lost = isinstance(error, _CONNECTION_LOST) and not isinstance(
+                error, asyncpg.QueryCanceledError  # statement_timeout: the session is fine
+            )
+            if lost or driver.is_closed():
+                await conn.invalidate()
+            raise
 
 
 async def fetch(conn: asyncpg.Connection, statement: Statement, **values: Any) -> list[Any]:
