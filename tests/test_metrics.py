@@ -1,15 +1,18 @@
 """/metrics (summed over the two workers of the live server) and JSON logs with request ids."""
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import ADMIN, ADMIN_TOKEN, EventFactory, running_server, ticket_ids
+from tests.test_simulate import against, run_json
 
 RESERVE_ROUTE = "/events/{event_id}/reservations"
 
@@ -177,3 +180,66 @@ async def test_a_lock_timeout_is_counted(
     assert value(after, name) - value(before, name) == 1
     counter = "boxoffice_reservations_total"
     assert value(after, counter, outcome="refused") - value(before, counter, outcome="refused") == 1
+
+
+async def test_the_counters_move_while_boxoffice_simulate_runs(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What an operator watches during an on-sale: scraped while `boxoffice simulate mixed`
+    runs, the counters climb; afterwards they agree with the simulator's own tally."""
+    counter = "boxoffice_reservations_total"
+    env = {"SWEEP_INTERVAL_SECONDS": "0.5"}
+    with running_server(database_url, tmp_path / "server.log", **env) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            before = await scrape(client)
+            run = asyncio.create_task(
+                run_json(
+                    capsys,
+                    "mixed",
+                    *("--requests", "400", "--hold-seconds", "1", "--pool", "100"),
+                    *("--seed", "3"),
+                    *against(url, database_url),
+                )
+            )
+            won_during: list[float] = []
+            while not run.done():
+                samples = await scrape(client)
+                if not run.done():
+                    won_during.append(value(samples, counter, outcome="won"))
+            code, report = await run
+            assert code == 0, report["verdict"]
+
+            async def swept() -> bool:
+                samples = await scrape(client)
+                return value(samples, counter, outcome="expired") > value(
+                    before, counter, outcome="expired"
+                )
+
+            # Late payers leave expired holds behind; the sweeper (every 0.5 s) counts them.
+            async with asyncio.timeout(30):
+                while not await swept():  # noqa: ASYNC110 - the sweeper is another process
+                    await asyncio.sleep(0.1)
+            after = await scrape(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    # by_action counts answers by status, e.g. {"201": 112, "409 tickets-unavailable": 103}.
+    reserve = report["by_action"]["reserve"]
+    won = reserve["201"]
+    refused = sum(count for answer, count in reserve.items() if answer.startswith("409"))
+    start = value(before, counter, outcome="won")
+    assert any(start < seen < start + won for seen in won_during), (
+        "no scrape saw the won counter part-way",
+        start,
+        won_during,
+    )
+    assert moved(counter, outcome="won") == won == report["wins"]
+    assert moved(counter, outcome="refused") == refused
+    assert moved(counter, outcome="confirmed") == report["confirmed"]
+    assert moved(counter, outcome="expired") >= 1
+    assert moved("boxoffice_sweeper_freed_tickets_total") >= 1
+    assert moved("boxoffice_sweeper_runs_total", result="ok") >= 1
+    attempts = sum(reserve.values())
+    assert moved("boxoffice_http_requests_total", route=RESERVE_ROUTE) == attempts
+    assert moved("boxoffice_http_request_duration_seconds_count", route=RESERVE_ROUTE) == attempts
