@@ -15,6 +15,8 @@ from tests.conftest import ADMIN, EventFactory, assert_invariants, ticket_ids
 from tests.test_lifecycle import assert_problem, bearer
 
 CONCURRENT = 20
+# The database keeps only the key's SHA-256, in hex.
+KEY_HASH = "encode(sha256(convert_to(:key, 'UTF8')), 'hex')"
 
 
 def keyed(key: str, headers: dict[str, str] | None = None) -> dict[str, str]:
@@ -211,7 +213,7 @@ async def test_a_key_older_than_a_day_is_not_replayed(
         aged = await conn.execute(
             text(
                 "UPDATE idempotency_keys SET created_at = now() - interval '24 hours 1 second'"
-                " WHERE key = :key"
+                f" WHERE key_hash = {KEY_HASH}"
             ),
             {"key": key},
         )
@@ -265,11 +267,45 @@ async def test_the_sweeper_deletes_expired_keys_only(
         await conn.execute(
             text(
                 "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'"
-                " WHERE key = :key"
+                f" WHERE key_hash = {KEY_HASH}"
             ),
             {"key": old},
         )
     await free_expired_holds(engine, batch_size=1000)
-    left = "SELECT count(*) FROM idempotency_keys WHERE key = :key"
+    left = f"SELECT count(*) FROM idempotency_keys WHERE key_hash = {KEY_HASH}"
     assert await count(engine, left, key=old) == 0
     assert await count(engine, left, key=fresh) == 1
+
+
+async def test_the_database_keeps_neither_the_key_nor_the_token(
+    client: httpx.AsyncClient, make_event: EventFactory, engine: AsyncEngine
+) -> None:
+    """Someone who reads the database (a backup, a replica) cannot take over a keyed hold:
+    the stored row has the key's hash and the answer without its token, yet a replay still
+    hands the buyer the token, and that token works."""
+    event = await make_event()
+    key = str(uuid.uuid4())
+    body = {"quantity": 1, "customer": "ada@example.com"}
+    first = await post_reserve(client, event["id"], body, key)
+    assert first.status_code == 201, first.text
+    token = first.json()["token"]
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT idempotency_keys::text AS everything FROM idempotency_keys"
+                    f" WHERE key_hash = {KEY_HASH}"
+                ),
+                {"key": key},
+            )
+        ).scalar_one()
+    assert key not in row and token not in row
+    assert first.json()["id"] in row
+
+    again = await post_reserve(client, event["id"], body, key)
+    assert again.status_code == 201 and again.json() == first.json()
+    mine = await client.get(f"/reservations/{first.json()['id']}", headers=bearer(token))
+    assert mine.status_code == 200, mine.text
+    # Another key (or the same key for another request) gets a hold with another token.
+    other = await post_reserve(client, event["id"], body, str(uuid.uuid4()))
+    assert other.status_code == 201 and other.json()["token"] != token

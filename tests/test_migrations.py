@@ -2,6 +2,7 @@
 the database itself refuse states I1–I4 forbid."""
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -302,3 +303,22 @@ async def test_database_accepts_the_matching_legal_states(
         result = await conn.execute(text(statement), params(constrained))
         assert result.rowcount == 1
         await conn.rollback()
+
+
+async def test_keys_stored_before_0004_are_found_under_their_hash(databases: Databases) -> None:
+    """0004 hashes the keys already stored, so a retry that spans the upgrade still replays."""
+    url = await fresh_database(databases)
+    await asyncio.to_thread(upgrade, url, "0003")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, status_code, response_body)"
+            " VALUES ('POST /events', 'retry-me', '\\x00', 201, '{}')"
+        )
+        await asyncio.to_thread(upgrade, url)
+        stored = await conn.fetchval("SELECT key_hash FROM idempotency_keys")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE idempotency_keys SET key_hash = 'not a hash'")
+    finally:
+        await conn.close()
+    assert stored == hashlib.sha256(b"retry-me").hexdigest()

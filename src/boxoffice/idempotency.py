@@ -8,6 +8,11 @@ answer at its end, so the key and the effect commit (or roll back) together:
   - refusals (4xx) are raised out of the transaction and so never stored: a client may retry
     a 409 with the same key once the seats free up, and get a fresh attempt.
 Keys live 24 hours; an older key is ignored and overwritten by its next use.
+
+The table holds no secret a buyer sent or received: only the key's SHA-256 (a key that is a
+random UUID cannot be recovered from it), and answers with any bearer token taken out. Such
+answers get their token back at replay time from `restore` (see reservations.service's
+`token_for_key`: a keyed hold's token is derived from the key itself).
 """
 
 import hashlib
@@ -36,7 +41,7 @@ TTL = "24 hours"
 class IdempotencyKeyRow(Base):
     __tablename__ = "idempotency_keys"
     __table_args__ = (
-        CheckConstraint(f"char_length(key) BETWEEN 1 AND {MAX_KEY_LENGTH}", name="key_length"),
+        CheckConstraint("key_hash ~ '^[0-9a-f]{64}$'", name="key_hash_is_sha256"),
         # The sweeper deletes keys past their 24 hours, oldest first.
         Index("ix_idempotency_keys_created_at", "created_at"),
     )
@@ -44,7 +49,8 @@ class IdempotencyKeyRow(Base):
     # (scope, key): the scope names the endpoint and its target, so one key reused on another
     # endpoint, or on another reservation's confirm, is a new request, not a replay.
     scope: Mapped[str] = mapped_column(Text, primary_key=True)
-    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    # Hex SHA-256 of the Idempotency-Key: the key itself is the client's secret.
+    key_hash: Mapped[str] = mapped_column(Text, primary_key=True)
     request_hash: Mapped[bytes] = mapped_column(LargeBinary)
     # NULL while the first request's transaction runs; never committed as NULL.
     status_code: Mapped[int | None] = mapped_column(Integer)
@@ -62,6 +68,8 @@ class IdempotencyRequest:
     status_code: int
     # The service's result -> the JSON body the router answers with; stored for replays.
     render: Callable[[Any], Any]
+    # The stored body -> the replayed body, for answers stored with a secret taken out.
+    restore: Callable[[Any], Any] | None = None
 
 
 def request_hash(body: BaseModel, *extra: str) -> bytes:
@@ -108,9 +116,9 @@ _RESTORE_LOCK_TIMEOUT = (
 # Claim the key, or take over one that expired. On conflict with a row still being written,
 # PostgreSQL waits for that transaction; DO UPDATE ... WHERE then re-checks the committed row.
 _CLAIM = f"""
-    INSERT INTO idempotency_keys AS k (scope, key, request_hash)
-    VALUES (:scope, :key, :request_hash)
-    ON CONFLICT (scope, key) DO UPDATE
+    INSERT INTO idempotency_keys AS k (scope, key_hash, request_hash)
+    VALUES (:scope, :key_hash, :request_hash)
+    ON CONFLICT (scope, key_hash) DO UPDATE
     SET request_hash = EXCLUDED.request_hash, status_code = NULL, response_body = NULL,
         created_at = now()
     WHERE k.created_at <= now() - interval '{TTL}'
@@ -119,11 +127,12 @@ _CLAIM = f"""
 # ::text so both drivers (SQLAlchemy may install its own jsonb codec) hand back a string.
 _STORED = (
     "SELECT request_hash, status_code, response_body::text AS body FROM idempotency_keys"
-    " WHERE scope = :scope AND key = :key"
+    " WHERE scope = :scope AND key_hash = :key_hash"
 )
 _FINISH = (
     "UPDATE idempotency_keys SET status_code = :status_code,"
-    " response_body = CAST(CAST(:body AS text) AS jsonb) WHERE scope = :scope AND key = :key"
+    " response_body = CAST(CAST(:body AS text) AS jsonb)"
+    " WHERE scope = :scope AND key_hash = :key_hash"
 )
 
 # For the sweeper: expired keys are already ignored, deleting them only bounds the table.
@@ -131,11 +140,11 @@ _FINISH = (
 DELETE_EXPIRED_KEYS = text(
     f"""
     DELETE FROM idempotency_keys k USING (
-        SELECT scope, key FROM idempotency_keys
+        SELECT scope, key_hash FROM idempotency_keys
         WHERE created_at <= now() - interval '{TTL}'
         ORDER BY created_at LIMIT :batch FOR UPDATE SKIP LOCKED
     ) expired
-    WHERE k.scope = expired.scope AND k.key = expired.key
+    WHERE k.scope = expired.scope AND k.key_hash = expired.key_hash
     """
 )
 
@@ -153,11 +162,14 @@ def _replay_or_refuse(request: IdempotencyRequest, stored: Any) -> IdempotentRep
         )
     # A committed row always has its answer: the claim and the answer share a transaction.
     assert stored["status_code"] is not None, "idempotency key committed without an answer"
-    return IdempotentReplay(stored["status_code"], json.loads(stored["body"]))
+    body = json.loads(stored["body"])
+    if request.restore is not None:
+        body = request.restore(body)
+    return IdempotentReplay(stored["status_code"], body)
 
 
 def _params(request: IdempotencyRequest) -> dict[str, Any]:
-    return {"scope": request.scope, "key": request.key}
+    return {"scope": request.scope, "key_hash": hashlib.sha256(request.key.encode()).hexdigest()}
 
 
 async def claim(conn: AsyncConnection, request: IdempotencyRequest) -> None:

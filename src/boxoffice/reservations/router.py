@@ -1,4 +1,5 @@
 import uuid
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -44,13 +45,19 @@ async def reserve(
     idempotency_key: IdempotencyKey,
 ) -> ReservationCreated:
     idempotency = None
+    token = None
     if idempotency_key is not None:
+        scope = f"POST /events/{{event_id}}/reservations {event_id}"
+        fingerprint = request_hash(body)
+        # Stored without its token, which a replay derives again from the key.
+        token = service.token_for_key(idempotency_key, scope, fingerprint)
         idempotency = IdempotencyRequest(
             key=idempotency_key,
-            scope=f"POST /events/{{event_id}}/reservations {event_id}",
-            request_hash=request_hash(body),
+            scope=scope,
+            request_hash=fingerprint,
             status_code=201,
-            render=lambda hold: created_from_hold(hold).model_dump(mode="json"),
+            render=lambda hold: {**created_from_hold(hold).model_dump(mode="json"), "token": None},
+            restore=partial(_with_token, token=token),
         )
     if body.ticket_ids is not None:
         service.validate_ticket_ids(body.ticket_ids, settings.max_tickets_per_hold)
@@ -61,6 +68,7 @@ async def reserve(
             customer=body.customer,
             nowait=settings.lock_timeout_ms == 0,
             idempotency=idempotency,
+            token=token,
         )
     else:
         assert body.quantity is not None
@@ -73,9 +81,15 @@ async def reserve(
             section=body.section,
             customer=body.customer,
             idempotency=idempotency,
+            token=token,
         )
     response.headers["Location"] = f"/reservations/{hold.reservation_id}"
     return created_from_hold(hold)
+
+
+def _with_token(stored: dict[str, Any], token: str) -> dict[str, Any]:
+    # Answers stored before tokens were taken out (revision 0004) still carry theirs.
+    return stored if stored.get("token") else {**stored, "token": token}
 
 
 @router.get(

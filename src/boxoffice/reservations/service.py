@@ -8,6 +8,7 @@ The database clock (`now()`) is the only clock: a hold is expired when
 `hold_expires_at <= now()`, and such a ticket is free at once, swept or not.
 """
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -69,8 +70,25 @@ def new_token() -> tuple[str, bytes]:
     return token, hash_token(token)
 
 
+def token_for_key(idempotency_key: str, scope: str, request_hash: bytes) -> str:
+    """The token of a hold made with an Idempotency-Key, derived from the key.
+
+    A replay must hand the buyer the same token, yet no token may be stored. Keyed by the
+    key itself, which only the buyer and its requests know (the database keeps its hash):
+    whoever can compute this could replay the request and read the token anyway.
+    """
+    message = b"boxoffice hold token\0" + scope.encode() + b"\0" + request_hash
+    digest = hmac.new(idempotency_key.encode(), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def _token_pair(token: str | None) -> tuple[str, bytes]:
+    """The given token (a keyed request's) and its hash, or a new random one."""
+    return (token, hash_token(token)) if token is not None else new_token()
 
 
 def token_matches(token: str | None, stored_hash: bytes) -> bool:
@@ -229,10 +247,11 @@ async def reserve_tickets(
     customer: str,
     nowait: bool,
     idempotency: IdempotencyRequest | None = None,
+    token: str | None = None,
 ) -> Hold:
     """Hold exactly these tickets, all or none; 409 listing any that are taken."""
     ids = sorted(set(ticket_ids))
-    token, token_hash = new_token()
+    token, token_hash = _token_pair(token)
     async with _keyed_connection(engine, idempotency) as conn:
         try:
             rows = await fetch(
@@ -274,9 +293,10 @@ async def reserve_best_available(
     section: str | None,
     customer: str,
     idempotency: IdempotencyRequest | None = None,
+    token: str | None = None,
 ) -> Hold:
     """Hold the best `quantity` free tickets (seat order), all or none."""
-    token, token_hash = new_token()
+    token, token_hash = _token_pair(token)
     where: dict[str, Any] = {"event_id": event_id}
     if section is not None:
         where["section"] = section
