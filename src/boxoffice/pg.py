@@ -65,9 +65,9 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
             # Here the driver ran the statement, so a connection lost with it (the server
             # restarted, our backend was terminated) must be invalidated by hand, or the pool
             # would lend out a dead connection again and again after the database is back.
-            lost = isinstance(error, _CONNECTION_LOST) and not isinstance(
-                error, asyncpg.QueryCanceledError  # statement_timeout: the session is fine
-            )
+            # QueryCanceledError (statement_timeout) is a 57xxx too, but the session is fine.
+            canceled = isinstance(error, asyncpg.QueryCanceledError)
+            lost = isinstance(error, _CONNECTION_LOST) and not canceled
             if lost or driver.is_closed():
                 await conn.invalidate()
             raise
