@@ -130,9 +130,7 @@ def running_server(
 
 
 @contextmanager
-def serving(
-    database_url: str, log_path: Path, *, workers: int = 2, **env: str
-) -> Iterator[Served]:
+def serving(database_url: str, log_path: Path, *, workers: int = 2, **env: str) -> Iterator[Served]:
     """`running_server`, also handing out the `serve` process (the workers' parent)."""
     port = free_port()
     environment = {

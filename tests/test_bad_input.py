@@ -441,6 +441,7 @@ EVENT_CASES = [
     new_event("no-layout", event_body(sections=None)),
     new_event("naive-starts-at", event_body(starts_at="2030-01-01T20:00:00")),
     new_event("starts-at-text", event_body(starts_at="tomorrow")),
+    new_event("starts-at-number", event_body(starts_at=0)),
     new_event("no-starts-at", {"name": "n", "sections": [section()]}),
     new_event("no-name", {"starts_at": "2030-01-01T20:00:00Z", "sections": [section()]}),
     new_event("name-empty", event_body(name="")),

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
 from boxoffice.database import Base
-from boxoffice.errors import IdempotencyKeyReused, IdempotentReplay, InvalidRequest
+from boxoffice.errors import IdempotencyKeyReused, IdempotentReplay
 from boxoffice.pg import Statement, fetch
 
 MAX_KEY_LENGTH = 200
@@ -87,6 +87,9 @@ async def idempotency_key(
         str | None,
         Header(
             alias="Idempotency-Key",
+            min_length=1,
+            max_length=MAX_KEY_LENGTH,
+            pattern=r"^[\x20-\x7e]+$",
             description="Optional, 1-200 printable ASCII characters (a UUID is ideal). Retrying"
             " with the same key and body replays the first answer (header"
             " `Idempotent-Replayed: true`) for 24 hours; the same key with another body is a"
@@ -94,12 +97,7 @@ async def idempotency_key(
         ),
     ] = None,
 ) -> str | None:
-    if key is None:
-        return None
-    if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(" " <= c <= "~" for c in key):
-        raise InvalidRequest(
-            f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable ASCII characters"
-        )
+    # Length and characters are checked by the Header declaration (a 422 like any bad field).
     return key
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,7 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from boxoffice import __version__, metrics
 from boxoffice.config import Settings, get_settings
 from boxoffice.database import create_engine
-from boxoffice.errors import BoxofficeError, install_error_handlers, sqlstate, unavailable
+from boxoffice.errors import (
+    BoxofficeError,
+    install_error_handlers,
+    install_problem_schema,
+    problem_responses,
+    sqlstate,
+    unavailable,
+)
 from boxoffice.events.router import router as events_router
 from boxoffice.logs import configure_logging
 from boxoffice.middleware import OpsMiddleware
@@ -128,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_problem_schema(app)
     _count_lock_timeouts(app)
     app.add_middleware(OpsMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(events_router)
@@ -138,7 +146,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: the database answers")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: the database answers",
+        responses={
+            200: {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"status": {"const": "ready"}},
+                            "required": ["status"],
+                        }
+                    }
+                }
+            },
+            **problem_responses(503, descriptions={503: "The database does not answer."}),
+        },
+    )
     async def readyz(request: Request) -> JSONResponse:
         engine: AsyncEngine = request.app.state.engine
         try:
@@ -150,7 +176,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return unavailable("the database does not answer")
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics, summed over the workers")
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics, summed over the workers",
+        # The Prometheus text format, not JSON.
+        response_class=PlainTextResponse,
+    )
     def prometheus_metrics(request: Request) -> Response:
         # A plain def: reading the workers' sample files is blocking I/O, so a thread runs it.
         engine: AsyncEngine | None = getattr(request.app.state, "engine", None)

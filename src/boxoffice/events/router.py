@@ -4,11 +4,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Response
 
 from boxoffice.dependencies import AppSettings, Engine, page_size, require_admin
+from boxoffice.errors import problem_responses
 from boxoffice.events import service
 from boxoffice.events.schemas import EventCreate, EventDetail, EventOut, EventPage, SectionOut
 from boxoffice.idempotency import IdempotencyKey, IdempotencyRequest, request_hash
 
 router = APIRouter(tags=["events"])
+
+_NO_EVENT = {404: "No such event (`event-not-found`)."}
 
 
 async def _detail(engine: Engine, event_id: uuid.UUID) -> EventDetail:
@@ -30,6 +33,7 @@ def _detail_from(row: Any, sections: list[Any]) -> EventDetail:
     status_code=201,
     dependencies=[Depends(require_admin)],
     summary="Create an event and all its tickets (admin)",
+    responses=problem_responses(401, 403, 413, 422, 503),
 )
 async def create_event(
     body: EventCreate,
@@ -58,7 +62,11 @@ async def create_event(
     return await _detail(engine, event_id)
 
 
-@router.get("/events", summary="Events by start time, with availability counts")
+@router.get(
+    "/events",
+    summary="Events by start time, with availability counts",
+    responses=problem_responses(422, 503),
+)
 async def list_events(
     engine: Engine,
     settings: AppSettings,
@@ -71,6 +79,10 @@ async def list_events(
     return EventPage(items=[EventOut.from_row(row) for row in rows], next_after=next_after)
 
 
-@router.get("/events/{event_id}", summary="One event, with counts by status and by section")
+@router.get(
+    "/events/{event_id}",
+    summary="One event, with counts by status and by section",
+    responses=problem_responses(404, 422, 503, descriptions=_NO_EVENT),
+)
 async def get_event(event_id: uuid.UUID, engine: Engine) -> EventDetail:
     return await _detail(engine, event_id)

@@ -2,11 +2,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
 # Numbers must be JSON numbers: "2" or true for a count is a client bug worth reporting.
 Price = Annotated[int, Field(strict=True, ge=0, le=100_000_000, description="Minor units (cents).")]
+
+
+def _iso_text(value: Any) -> Any:
+    # Lax mode would read a number as seconds since 1970: the schema promises a string.
+    if not isinstance(value, str | datetime):
+        raise ValueError("starts_at must be an ISO 8601 date-time, e.g. 2027-06-01T20:00:00Z")
+    return value
 
 
 def _aware(value: datetime) -> datetime:
@@ -42,7 +49,7 @@ class EventCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200, examples=["Midsummer Night Concert"])
     venue: str | None = Field(default=None, max_length=200, examples=["Open Air Stage"])
-    starts_at: Annotated[datetime, AfterValidator(_aware)] = Field(
+    starts_at: Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_aware)] = Field(
         examples=["2027-06-21T19:30:00Z"]
     )
     hold_seconds: int | None = Field(

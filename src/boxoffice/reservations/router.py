@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from boxoffice.dependencies import AppSettings, Engine, HolderToken
-from boxoffice.errors import InvalidRequest
+from boxoffice.errors import InvalidRequest, problem_responses
 from boxoffice.idempotency import IdempotencyKey, IdempotencyRequest, request_hash
 from boxoffice.reservations import service
 from boxoffice.reservations.schemas import (
@@ -20,10 +20,12 @@ from boxoffice.reservations.schemas import (
 
 router = APIRouter(tags=["reservations"])
 
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "No token was sent."},
-    404: {"description": "No such reservation for this token."},
-    409: {"description": "The reservation expired, is no longer active, or is busy."},
+# A wrong token gets the same 404 as an unknown reservation: a stranger learns nothing.
+_HOLDER = {
+    401: "No token was sent (`unauthorized`).",
+    404: "No such reservation for this token (`reservation-not-found`).",
+    409: "The reservation expired (`reservation-expired`), is no longer active "
+    "(`reservation-not-active`), or another request is changing it (`conflict`).",
 }
 
 
@@ -31,10 +33,19 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
     "/events/{event_id}/reservations",
     status_code=201,
     summary="Hold tickets: chosen ones, or a quantity of best available",
-    responses={
-        404: {"description": "No such event."},
-        409: {"description": "Some tickets are held or sold (`tickets-unavailable`)."},
-    },
+    responses=problem_responses(
+        404,
+        409,
+        413,
+        422,
+        503,
+        descriptions={
+            404: "No such event (`event-not-found`).",
+            409: "Some tickets are held or sold (`tickets-unavailable`, listing them).",
+            422: "The request is not valid (`invalid-request`), names tickets of another "
+            "event (`unknown-tickets`) or a section the event lacks (`unknown-section`).",
+        },
+    ),
 )
 async def reserve(
     event_id: uuid.UUID,
@@ -93,7 +104,9 @@ def _with_token(stored: dict[str, Any], token: str) -> dict[str, Any]:
 
 
 @router.get(
-    "/reservations/{reservation_id}", summary="Your hold (token required)", responses=_PROBLEMS
+    "/reservations/{reservation_id}",
+    summary="Your hold (token required)",
+    responses=problem_responses(401, 404, 422, 503, descriptions=_HOLDER),
 )
 async def get_reservation(
     reservation_id: uuid.UUID, engine: Engine, token: HolderToken
@@ -105,7 +118,7 @@ async def get_reservation(
 @router.post(
     "/reservations/{reservation_id}/confirm",
     summary="Pay for your hold: its tickets become booked",
-    responses=_PROBLEMS,
+    responses=problem_responses(401, 404, 409, 413, 422, 503, descriptions=_HOLDER),
 )
 async def confirm(
     reservation_id: uuid.UUID,
@@ -139,7 +152,7 @@ async def confirm(
     "/reservations/{reservation_id}",
     status_code=204,
     summary="Release your hold: its tickets are free again at once",
-    responses=_PROBLEMS,
+    responses=problem_responses(401, 404, 409, 422, 503, descriptions=_HOLDER),
 )
 async def release(reservation_id: uuid.UUID, engine: Engine, token: HolderToken) -> Response:
     await service.release(engine, reservation_id=reservation_id, token=token)

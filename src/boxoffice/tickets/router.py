@@ -4,6 +4,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from boxoffice.dependencies import AppSettings, Engine, page_size
+from boxoffice.errors import problem_responses
 from boxoffice.reservations import service as reservations
 from boxoffice.tickets import service
 from boxoffice.tickets.models import TicketStatus
@@ -19,7 +20,13 @@ router = APIRouter(tags=["tickets"])
 TicketCursor = Annotated[int | None, Query(ge=1, le=2**63 - 1)]
 
 
-@router.get("/events/{event_id}/tickets", summary="An event's tickets in seat order (keyset pages)")
+@router.get(
+    "/events/{event_id}/tickets",
+    summary="An event's tickets in seat order (keyset pages)",
+    responses=problem_responses(
+        404, 422, 503, descriptions={404: "No such event (`event-not-found`)."}
+    ),
+)
 async def list_event_tickets(
     event_id: uuid.UUID,
     engine: Engine,
@@ -47,6 +54,7 @@ async def list_event_tickets(
     summary="All tickets by id (the seed demo's endpoint)",
     description="A plain list, as the seed demo returned; the next page's cursor is in the "
     "`X-Next-After` header.",
+    responses=problem_responses(422, 503),
 )
 async def list_tickets(
     engine: Engine,
@@ -66,7 +74,17 @@ async def list_tickets(
 @router.patch(
     "/tickets/reserve",
     summary="Reserve one ticket (the seed demo's endpoint)",
-    responses={409: {"description": "Someone else holds or bought the ticket."}},
+    responses=problem_responses(
+        404,
+        409,
+        413,
+        422,
+        503,
+        descriptions={
+            404: "No such ticket (`not-found`).",
+            409: "Someone else holds or bought the ticket (`tickets-unavailable`).",
+        },
+    ),
 )
 async def reserve_ticket(
     body: SeedReserveRequest, engine: Engine, settings: AppSettings

@@ -1,0 +1,330 @@
+"""Schemathesis against the live OpenAPI schema of the real server (two workers, real PostgreSQL).
+
+Every operation of /openapi.json is called with generated requests: the schema's examples, the
+coverage phase's boundary and invalid values, then Hypothesis fuzzing, valid and invalid. Every
+answer is checked: never a 5xx, a documented status code, the documented content type, a body
+and headers that match the documented schema, invalid requests refused, 405s with a full
+`Allow`, a missing token refused.
+
+Generated ids almost never name anything real, which would leave the interesting paths (a hold
+that exists, its token, its tickets) unexplored. So:
+- a fixture first makes events, tickets and holds in known states, and `test_api` aims a
+  stable share of the generated requests at them: real event ids, real ticket ids of that
+  event, real reservation ids with the reservation's own token, or on purpose a wrong one;
+- `test_stateful` chains operations along the links schemathesis infers from the schema
+  (event -> its tickets -> a hold -> read, confirm or release it), carrying each hold's token
+  from the answer that created it to the requests that use it.
+The run ends with the invariant checker (I1-I5) on the whole database.
+
+Reproducible: generation is derandomized (Hypothesis derives its seed from the test code), so
+the same code generates the same requests, the ids of real resources aside; what the server
+answers can still vary with timing (a hold expiring a moment earlier). Bounded: the coverage
+phase's fixed set plus at most 40 fuzzed requests per operation, and 40 stateful scenarios of
+at most 10 steps; about 20 s on two cores, most of it in the fuzzing.
+"""
+
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import hypothesis
+import pytest
+import schemathesis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import ADMIN, ADMIN_TOKEN, assert_invariants
+
+ADMIN_BEARER = f"Bearer {ADMIN_TOKEN}"
+
+CONFIG = schemathesis.Config.from_dict(
+    {
+        "generation": {"mode": "all", "max-examples": 40, "deterministic": True},
+        # Each example is an HTTP round trip to a real database; Hypothesis' time budget is
+        # meant for generating data in process.
+        "suppress-health-check": ["too_slow"],
+        # The admin token wherever the schema asks for the bearer token; test_api and
+        # test_stateful swap in a hold's own token on the reservation endpoints.
+        "auth": {"openapi": {"HTTPBearer": {"bearer": ADMIN_TOKEN}}},
+        "request-timeout": 10,
+        # The tokens are throwaway test tokens: show failing requests exactly as sent.
+        "output": {"sanitization": {"enabled": False}},
+        "checks": {
+            # Not applicable here: the contract answers schema-valid requests with 422 for
+            # rules a JSON schema cannot state (a cursor naming no event, repeated ticket ids,
+            # tickets of another event, an unknown section, limits that are deployment settings
+            # such as MAX_PAGE_SIZE and MAX_TICKETS_PER_HOLD) and with 409 for taken seats.
+            # (It also compares integers above 2**53 as floats: 2**63 + 191 passes for a
+            # valid ticket id.) Every response is still checked against the schema.
+            "positive_data_acceptance": {"enabled": False},
+        },
+        "operations": [
+            {
+                # A wrong reservation token is answered like an unknown reservation, 404, by
+                # design (a stranger learns nothing), where this check expects 401/403. No token
+                # is still a documented 401, and test_api checks that a wrong token on a real
+                # reservation never gets anything but a 404.
+                "include-path-regex": "^/reservations/",
+                "checks": {"ignored_auth": {"enabled": False}},
+            },
+            {
+                # Releasing a hold (DELETE) ends it, it does not delete it: its holder can still
+                # read it, with status `released`, where this check expects a 404.
+                "include-path": "/reservations/{reservation_id}",
+                "include-method": "GET",
+                "checks": {"use_after_free": {"enabled": False}},
+            },
+        ],
+    }
+)
+
+# The operations whose success answer carries a new hold's id and token.
+HOLD_MAKERS = {"POST /events/{event_id}/reservations", "PATCH /tickets/reserve"}
+
+# Status codes seen per operation, to check that the run reached the success paths too.
+SEEN: dict[str, Counter[int]] = {}
+
+
+@dataclass(frozen=True)
+class Hold:
+    id: str
+    token: str
+
+
+@dataclass
+class Real:
+    """Resources that exist on the server, for generated requests to aim at."""
+
+    events: dict[str, list[int]] = field(default_factory=dict)  # event id -> its ticket ids
+    holds: list[Hold] = field(default_factory=list)
+    tokens: dict[str, str] = field(default_factory=dict)  # reservation id -> its token
+
+    def add(self, hold: Hold) -> None:
+        self.holds.append(hold)
+        self.tokens[hold.id] = hold.token
+
+    def learn(self, label: str, response: Any) -> None:
+        """Remember a hold the generated requests made, so later ones can use it too."""
+        if label in HOLD_MAKERS and response.status_code in (200, 201):
+            body = response.json()
+            self.add(Hold(str(body.get("reservation_id", body.get("id"))), body["token"]))
+
+
+def _event(client: httpx.Client, body: dict[str, Any]) -> tuple[str, list[int]]:
+    response = client.post("/events", json=body, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    event_id: str = response.json()["id"]
+    page = client.get(f"/events/{event_id}/tickets", params={"limit": 500})
+    assert page.status_code == 200, page.text
+    return event_id, [ticket["id"] for ticket in page.json()["items"]]
+
+
+def _hold(client: httpx.Client, event_id: str, body: dict[str, Any]) -> Hold:
+    response = client.post(f"/events/{event_id}/reservations", json=body)
+    assert response.status_code == 201, response.text
+    return Hold(response.json()["id"], response.json()["token"])
+
+
+@pytest.fixture(scope="module")
+def real(live_server: str) -> Iterator[Real]:
+    """Events (seated, general admission, one with 1-second holds) and holds in every state."""
+    real = Real()
+    with httpx.Client(base_url=live_server, timeout=30) as client:
+        seated, seats = _event(
+            client,
+            {
+                "name": "Fuzz seated",
+                "starts_at": "2031-01-01T20:00:00Z",
+                "sections": [
+                    {"name": "Stalls", "rows": 4, "seats_per_row": 10, "price": 3000},
+                    {"name": "Balcony", "rows": 2, "seats_per_row": 10, "price": 1500},
+                ],
+            },
+        )
+        standing, places = _event(
+            client,
+            {
+                "name": "Fuzz standing",
+                "starts_at": "2031-01-02T20:00:00Z",
+                "currency": "USD",
+                "general_admission": {"quantity": 60, "price": 900},
+            },
+        )
+        brief, brief_seats = _event(
+            client,
+            {
+                "name": "Fuzz brief holds",
+                "starts_at": "2031-01-03T20:00:00Z",
+                "hold_seconds": 1,
+                "sections": [{"name": "Main", "rows": 1, "seats_per_row": 10, "price": 100}],
+            },
+        )
+        real.events = {seated: seats, standing: places, brief: brief_seats}
+        # Active holds, for the holder's reads, confirms and releases to find.
+        for n in range(6):
+            real.add(
+                _hold(client, seated, {"ticket_ids": seats[2 * n : 2 * n + 2], "customer": "a"})
+            )
+            real.add(_hold(client, standing, {"quantity": 1, "customer": "b"}))
+        # One confirmed, one released, one that expires (its event holds for a second).
+        paid = _hold(client, seated, {"quantity": 2, "section": "Balcony", "customer": "c"})
+        confirmed = client.post(
+            f"/reservations/{paid.id}/confirm",
+            json={"payment_reference": "p"},
+            headers={"Authorization": f"Bearer {paid.token}"},
+        )
+        assert confirmed.status_code == 200, confirmed.text
+        gone = _hold(client, standing, {"quantity": 2, "customer": "d"})
+        released = client.delete(
+            f"/reservations/{gone.id}", headers={"Authorization": f"Bearer {gone.token}"}
+        )
+        assert released.status_code == 204, released.text
+        lapsing = _hold(client, brief, {"ticket_ids": brief_seats[:3], "customer": "e"})
+        for hold in (paid, gone, lapsing):
+            real.add(hold)
+    yield real
+
+
+@pytest.fixture(scope="module")
+def api_schema(live_server: str) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"{live_server}/openapi.json", config=CONFIG)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@pytest.fixture(autouse=True)
+def _node_id_for_schemathesis(request: pytest.FixtureRequest) -> None:
+    """Shim: schemathesis 4.32's lazy schema reads (and renames, for its reports)
+    `request.node._nodeid`, which pytest 9.2 replaced with `_id`; give it the attribute.
+    Failures still name their operation, through the subtest's label."""
+    if not hasattr(request.node, "_nodeid"):
+        request.node._nodeid = request.node.nodeid
+
+
+def _pick(value: str, modulus: int) -> int:
+    """A stable choice derived from a generated value: the same case always aims the same."""
+    return zlib.crc32(value.encode()) % modulus
+
+
+def _is_uuid(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def retarget(case: schemathesis.Case, real: Real) -> bool:
+    """Aim part of the generated requests at real resources. The containers are reassigned,
+    not edited in place, so schemathesis re-validates whether the request is still a valid or
+    an invalid one. Only values that are valid ids are replaced: a case testing a malformed id
+    keeps it. Returns whether the request now names a real hold with somebody else's token."""
+    path = dict(case.path_parameters or {})
+    event_id = path.get("event_id")
+    if _is_uuid(event_id) and _pick(event_id, 3) != 0:
+        path["event_id"] = list(real.events)[_pick(event_id, len(real.events))]
+        case.path_parameters = path
+        tickets = real.events[path["event_id"]]
+        body = case.body
+        if (
+            isinstance(body, dict)
+            and isinstance(body.get("ticket_ids"), list)
+            and all(type(i) is int and i >= 1 for i in body["ticket_ids"])
+        ):
+            ticket_ids = [tickets[i % len(tickets)] for i in body["ticket_ids"]]
+            case.body = {**body, "ticket_ids": ticket_ids}
+    reservation_id = path.get("reservation_id")
+    if not _is_uuid(reservation_id):
+        return False
+    choice = _pick(reservation_id, 4)
+    if choice == 0:
+        return False  # as generated: an unknown reservation
+    hold = real.holds[_pick(reservation_id[::-1], len(real.holds))]
+    path["reservation_id"] = hold.id
+    case.path_parameters = path
+    headers = dict(case.headers or {})
+    if headers.get("Authorization") != ADMIN_BEARER:
+        return False  # a case about a missing or malformed Authorization header keeps it
+    if choice == 1:
+        return True  # the admin token is not this hold's token
+    headers["Authorization"] = f"Bearer {hold.token}"
+    case.headers = headers
+    return False
+
+
+@schema.parametrize()
+def test_api(case: schemathesis.Case, real: Real) -> None:
+    stranger = retarget(case, real)
+    response = case.call_and_validate()
+    SEEN.setdefault(case.operation.label, Counter())[response.status_code] += 1
+    real.learn(case.operation.label, response)
+    if stranger:
+        # Promise 3: only the holder may see, pay for or release a hold; anyone else gets
+        # the answer an unknown reservation gets (or a refusal of the request itself).
+        assert response.status_code in (404, 405, 422), (
+            f"{case.operation.label} with another's token: {response.status_code} {response.text}"
+        )
+
+
+def test_stateful(api_schema: schemathesis.BaseSchema, real: Real) -> None:
+    """Sequences along the links schemathesis infers (an event's id into its tickets and its
+    reservations, a hold's id into its read, confirm and release), with the hold's token."""
+    failures: list[Exception] = []
+
+    class Flows(api_schema.as_state_machine()):  # type: ignore[misc]
+        def before_call(self, case: schemathesis.Case) -> None:
+            reservation_id = (case.path_parameters or {}).get("reservation_id")
+            headers = dict(case.headers or {})
+            token = real.tokens.get(reservation_id)
+            if token is not None and headers.get("Authorization") == ADMIN_BEARER:
+                headers["Authorization"] = f"Bearer {token}"
+                case.headers = headers
+
+        def after_call(self, response: Any, case: schemathesis.Case) -> None:
+            super().after_call(response, case)
+            SEEN.setdefault(case.operation.label, Counter())[response.status_code] += 1
+            real.learn(case.operation.label, response)
+
+        def validate_response(self, response: Any, case: schemathesis.Case, **kw: Any) -> None:
+            try:
+                super().validate_response(response, case, **kw)
+            except Exception as failure:
+                failures.append(failure)
+                raise
+
+    try:
+        Flows.run(
+            settings=hypothesis.settings(
+                max_examples=40,
+                stateful_step_count=10,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=[hypothesis.HealthCheck.too_slow],
+            )
+        )
+    except hypothesis.errors.Flaky:
+        # Which links a step can follow depends on what the server answered before (a seat
+        # that was free is taken by now), so Hypothesis, replaying a scenario against a
+        # server whose state has moved on, can see it draw differently and calls that flaky.
+        # Schemathesis' own runner treats it the same way: only a failed check is a failure.
+        if failures:
+            raise failures[0] from None
+
+
+async def test_invariants_after_fuzzing(engine: AsyncEngine) -> None:
+    """Whatever the generated requests did, the database is consistent (I1-I5); and they did
+    reach the success path of every operation they exercised, not only its refusals."""
+    await assert_invariants(engine)
+    missed = sorted(
+        label
+        for label, statuses in SEEN.items()
+        if not any(200 <= status < 300 for status in statuses)
+    )
+    assert not missed, f"no success for {missed}: {SEEN}"
