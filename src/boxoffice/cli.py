@@ -88,6 +88,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 port=args.port,
                 workers=args.workers,
                 log_level=args.log_level,
+                # Live streams never end by themselves: on stop, give requests this long to
+                # finish, then close what is still open (browsers reconnect elsewhere).
+                timeout_graceful_shutdown=5,
             )
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)

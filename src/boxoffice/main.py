@@ -29,6 +29,8 @@ from boxoffice.errors import (
     unavailable,
 )
 from boxoffice.events.router import router as events_router
+from boxoffice.live.feed import TicketFeed
+from boxoffice.live.router import router as live_router
 from boxoffice.logs import configure_logging
 from boxoffice.middleware import OpsMiddleware
 from boxoffice.reservations.router import router as reservations_router
@@ -115,9 +117,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks = [asyncio.create_task(sample_pool(engine), name="pool-sampler")]
         if settings.sweep_interval_seconds > 0:
             tasks.append(asyncio.create_task(run_sweeper(engine, settings), name="sweeper"))
+        assert settings.database_url is not None
+        feed = TicketFeed(settings.database_url)
+        app.state.ticket_feed = feed
+        feed.start()
         try:
             yield
         finally:
+            await feed.stop()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -139,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _count_lock_timeouts(app)
     app.add_middleware(OpsMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(events_router)
+    app.include_router(live_router)
     app.include_router(tickets_router)
     app.include_router(reservations_router)
 

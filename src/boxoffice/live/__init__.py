@@ -1,0 +1,1 @@
+"""Live availability: ticket changes from PostgreSQL's LISTEN/NOTIFY, streamed as SSE."""

@@ -1,0 +1,132 @@
+"""One LISTEN connection per worker, fanned out to the streams open on that worker.
+
+The database announces every committed ticket change on `ticket_changes` (trigger of
+migration 0005). Each worker listens on a connection of its own (outside the pool: it is
+held for the worker's life) and hands each payload to the subscribers of its event.
+
+Nothing may be missed silently: when the listening connection drops, notifications sent
+meanwhile are lost, so every subscriber is told to resynchronise (send a fresh snapshot) once
+the connection is back; a subscriber too slow to keep up is told the same instead of being
+allowed to grow without bound.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+
+from boxoffice.config import async_url
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "ticket_changes"
+# Changes queued for one stream before it is told to start again from a snapshot.
+MAX_PENDING = 1000
+
+
+class Subscription:
+    """The changes of one event, for one stream. `None` means: send a fresh snapshot."""
+
+    def __init__(self, event_id: uuid.UUID) -> None:
+        self.event_id = event_id
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(MAX_PENDING)
+
+    def deliver(self, payload: str) -> None:
+        try:
+            self._queue.put_nowait(payload)
+        except asyncio.QueueFull:
+            self.resync()
+
+    def resync(self) -> None:
+        # What is queued is superseded by the snapshot the stream will read.
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+    async def next(self) -> str | None:
+        return await self._queue.get()
+
+
+class TicketFeed:
+    """Listens while the worker lives; reconnects with backoff when the connection drops."""
+
+    def __init__(self, database_url: str, *, reconnect_seconds: float = 1.0) -> None:
+        # asyncpg wants the plain scheme, whatever the user wrote.
+        self._database_url = async_url(database_url).replace("+asyncpg", "", 1)
+        self._reconnect_seconds = reconnect_seconds
+        self._subscribers: dict[uuid.UUID, set[Subscription]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    def subscribe(self, event_id: uuid.UUID) -> Subscription:
+        subscription = Subscription(event_id)
+        self._subscribers[event_id].add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subscribers = self._subscribers.get(subscription.event_id)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[subscription.event_id]
+
+    @property
+    def streams(self) -> int:
+        return sum(len(subscribers) for subscribers in self._subscribers.values())
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen_forever(), name="ticket-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            event_id = uuid.UUID(json.loads(payload)["event_id"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignored a malformed %s notification", CHANNEL)
+            return
+        for subscription in self._subscribers.get(event_id, ()):
+            subscription.deliver(payload)
+
+    def _resync_all(self) -> None:
+        for subscribers in self._subscribers.values():
+            for subscription in subscribers:
+                subscription.resync()
+
+    async def _listen_forever(self) -> None:
+        first = True
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(
+                    self._database_url,
+                    timeout=10,
+                    server_settings={"application_name": "boxoffice-feed"},
+                )
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, self._on_notification)
+                if not first:
+                    # Changes made while we were away were never heard: start everyone over.
+                    self._resync_all()
+                first = False
+                self.connected.set()
+                await lost.wait()
+                logger.warning("ticket feed: lost the database connection; reconnecting")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                logger.warning("ticket feed: cannot listen (%s); retrying", error)
+            finally:
+                self.connected.clear()
+                if conn is not None and not conn.is_closed():
+                    await conn.close(timeout=2)
+            # Streams stay open meanwhile, showing what they knew; they resync once we are back.
+            await asyncio.sleep(self._reconnect_seconds)
