@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from boxoffice.reservations.service import sweep_all
 from tests.conftest import EventFactory, assert_invariants, running_server, ticket_ids
 from tests.test_lifecycle import assert_problem, bearer
+from tests.test_metrics import scrape, value
 from tests.test_state_machine import move_expiry_into_the_past
 
 WAIT_SECONDS = 15.0
@@ -105,6 +106,10 @@ async def test_a_stream_starts_from_a_snapshot_and_hears_every_change(
             first = await each.next()
             assert first.kind == "snapshot" and first.event_id == event["id"]
             assert first.tickets == dict.fromkeys(seats, "available")
+
+        samples = await scrape(client)
+        assert value(samples, "boxoffice_streams_open") >= 4
+        assert value(samples, "boxoffice_feed_connected") == 2  # each worker listens
 
         async def everyone_hears(expected: dict[int, str]) -> None:
             await asyncio.gather(*(each.changes(expected) for each in streams))

@@ -53,6 +53,16 @@ POOL_SIZE = Gauge(
     "Database pool size (connections kept open), summed over live workers",
     multiprocess_mode="livesum",
 )
+STREAMS_OPEN = Gauge(
+    "boxoffice_streams_open",
+    "Live availability streams (GET /events/{id}/stream) open, summed over live workers",
+    multiprocess_mode="livesum",
+)
+FEED_CONNECTED = Gauge(
+    "boxoffice_feed_connected",
+    "Workers whose LISTEN connection for ticket changes is up",
+    multiprocess_mode="livesum",
+)
 SWEEPER_RUNS = Counter("boxoffice_sweeper_runs_total", "Expiry sweeper runs", ["result"])
 SWEEPER_FREED_TICKETS = Counter(
     "boxoffice_sweeper_freed_tickets_total", "Tickets freed from expired holds by the sweeper"

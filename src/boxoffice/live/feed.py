@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from boxoffice import metrics
 from boxoffice.config import async_url
 
 logger = logging.getLogger(__name__)
@@ -66,12 +67,14 @@ class TicketFeed:
     def subscribe(self, event_id: uuid.UUID) -> Subscription:
         subscription = Subscription(event_id)
         self._subscribers[event_id].add(subscription)
+        metrics.STREAMS_OPEN.inc()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         subscribers = self._subscribers.get(subscription.event_id)
-        if subscribers is not None:
+        if subscribers is not None and subscription in subscribers:
             subscribers.discard(subscription)
+            metrics.STREAMS_OPEN.dec()
             if not subscribers:
                 del self._subscribers[subscription.event_id]
 
@@ -120,12 +123,14 @@ class TicketFeed:
                     self._resync_all()
                 first = False
                 self.connected.set()
+                metrics.FEED_CONNECTED.set(1)
                 await lost.wait()
                 logger.warning("ticket feed: lost the database connection; reconnecting")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 logger.warning("ticket feed: cannot listen (%s); retrying", error)
             finally:
                 self.connected.clear()
+                metrics.FEED_CONNECTED.set(0)
                 if conn is not None and not conn.is_closed():
                     await conn.close(timeout=2)
             # Streams stay open meanwhile, showing what they knew; they resync once we are back.
