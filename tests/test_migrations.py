@@ -32,6 +32,7 @@ TABLES = {
     "bookings",
     "ticket_audit",
     "idempotency_keys",
+    "ticket_changes",
 }
 ENUMS = {"ticket_status", "reservation_status"}
 CHECK_VIOLATION = "23514"

@@ -228,3 +228,39 @@ async def test_a_big_sweep_arrives_in_notifications_that_fit(
         assert freed == dict.fromkeys(seats, "available")
         assert max(sizes) <= 200 and len(sizes) >= 3
     await assert_invariants(engine, event["id"])
+
+
+async def test_changes_made_while_the_relay_is_down_are_sent_when_it_is_back(
+    client: httpx.AsyncClient, live_server: str, make_event: EventFactory, engine: AsyncEngine
+) -> None:
+    """Changes are recorded in the buyer's own transaction and sent by one relay per database
+    (the worker holding an advisory lock). Its connection terminated, the changes made
+    meanwhile wait in ticket_changes and reach the streams once a relay is back."""
+    event = await make_event(rows=1, seats_per_row=4)
+    seats = await ticket_ids(client, event["id"])
+
+    async def relays() -> int:
+        async with engine.connect() as conn:
+            found = await conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid"
+                    " WHERE a.application_name = 'boxoffice-relay' AND l.locktype = 'advisory'"
+                    " AND a.datname = current_database()"
+                )
+            )
+            return int(found.scalar_one())
+
+    assert await relays() == 1  # two workers, one relay
+    async with stream(live_server, event["id"]) as listening:
+        assert (await listening.next()).kind == "snapshot"
+        async with engine.connect() as conn:
+            await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = 'boxoffice-relay' AND datname = current_database()"
+                )
+            )
+        await reserve(client, event["id"], seats[:2])
+        await reserve(client, event["id"], seats[2:3])
+        await listening.changes(dict.fromkeys(seats[:3], "reserved"))
+    assert await relays() == 1

@@ -30,6 +30,7 @@ from boxoffice.errors import (
 )
 from boxoffice.events.router import router as events_router
 from boxoffice.live.feed import TicketFeed
+from boxoffice.live.relay import ChangeRelay
 from boxoffice.live.router import router as live_router
 from boxoffice.logs import configure_logging
 from boxoffice.middleware import OpsMiddleware
@@ -120,10 +121,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         assert settings.database_url is not None
         feed = TicketFeed(settings.database_url)
         app.state.ticket_feed = feed
+        relay = ChangeRelay(settings.database_url)
         feed.start()
+        relay.start()
         try:
             yield
         finally:
+            await relay.stop()
             await feed.stop()
             for task in tasks:
                 task.cancel()

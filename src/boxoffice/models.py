@@ -3,6 +3,7 @@
 from boxoffice.database import Base
 from boxoffice.events.models import Event
 from boxoffice.idempotency import IdempotencyKeyRow
+from boxoffice.live.models import TicketChange
 from boxoffice.reservations.models import Booking, Reservation, ReservationStatus, ReservationTicket
 from boxoffice.tickets.models import Ticket, TicketAudit, TicketStatus
 
@@ -16,5 +17,6 @@ __all__ = [
     "ReservationTicket",
     "Ticket",
     "TicketAudit",
+    "TicketChange",
     "TicketStatus",
 ]

@@ -1,8 +1,9 @@
 """One LISTEN connection per worker, fanned out to the streams open on that worker.
 
-The database announces every committed ticket change on `ticket_changes` (trigger of
-migration 0005). Each worker listens on a connection of its own (outside the pool: it is
-held for the worker's life) and hands each payload to the subscribers of its event.
+Every committed ticket change is announced on channel `ticket_changes` (recorded by the
+trigger of migration 0005, sent by boxoffice.live.relay). Each worker listens on a connection
+of its own (outside the pool: it is held for the worker's life) and hands each payload to the
+subscribers of its event.
 
 Nothing may be missed silently: when the listening connection drops, notifications sent
 meanwhile are lost, so every subscriber is told to resynchronise (send a fresh snapshot) once
