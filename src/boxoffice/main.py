@@ -37,6 +37,7 @@ from boxoffice.middleware import OpsMiddleware
 from boxoffice.reservations.router import router as reservations_router
 from boxoffice.reservations.service import sweep_all
 from boxoffice.tickets.router import router as tickets_router
+from boxoffice.web import install_web
 
 logger = logging.getLogger("boxoffice")
 
@@ -153,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(live_router)
     app.include_router(tickets_router)
     app.include_router(reservations_router)
+    install_web(app)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

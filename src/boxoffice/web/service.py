@@ -1,0 +1,68 @@
+"""Reads for the pages, through the events and tickets services the JSON API uses."""
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from boxoffice.events import service as events
+from boxoffice.tickets import service as tickets
+from boxoffice.web.views import EventCard, Section, event_card, seat_map
+
+# More seats than this on one page make a slow page and a slow browser: larger events show one
+# section at a time, and a section larger still offers best available only.
+SEAT_MAP_LIMIT = 3000
+
+
+@dataclass(frozen=True)
+class SectionSummary:
+    name: str
+    tickets: int
+    available: int
+
+
+@dataclass(frozen=True)
+class ShopPage:
+    event: EventCard
+    sections: list[SectionSummary]
+    seat_map: list[Section]
+    # The one section shown when the whole event is too large for one map.
+    focus: str | None
+    # General admission: the price of one ticket, in minor units.
+    unit_price: int | None
+
+
+async def list_events(
+    engine: AsyncEngine, *, limit: int, after: uuid.UUID | None
+) -> tuple[list[EventCard], uuid.UUID | None]:
+    rows, next_after = await events.list_events(engine, limit=limit, after=after)
+    return [event_card(row) for row in rows], next_after
+
+
+async def shop_page(engine: AsyncEngine, *, event_id: uuid.UUID, section: str | None) -> ShopPage:
+    """The event with the seats to draw (or, for general admission, its ticket price)."""
+    row, section_rows = await events.get_event(engine, event_id=event_id)
+    card = event_card(row)
+    summaries = [SectionSummary(s.name, s.tickets, s.available) for s in section_rows]
+    if not card.seated:
+        first = await _tickets(engine, event_id, section=None, limit=1)
+        unit_price = first[0].price_minor if first else None
+        return ShopPage(card, summaries, [], None, unit_price)
+    if card.ticket_count <= SEAT_MAP_LIMIT:
+        rows = await _tickets(engine, event_id, section=None, limit=card.ticket_count)
+        return ShopPage(card, summaries, seat_map(rows, card.currency), None, None)
+    focus = next((s for s in summaries if s.name == section), summaries[0])
+    if focus.tickets > SEAT_MAP_LIMIT:
+        return ShopPage(card, summaries, [], focus.name, None)
+    rows = await _tickets(engine, event_id, section=focus.name, limit=focus.tickets)
+    return ShopPage(card, summaries, seat_map(rows, card.currency), focus.name, None)
+
+
+async def _tickets(
+    engine: AsyncEngine, event_id: uuid.UUID, *, section: str | None, limit: int
+) -> list[Any]:
+    _, rows, _ = await tickets.list_event_tickets(
+        engine, event_id=event_id, status=None, section=section, limit=limit, after=None
+    )
+    return rows

@@ -1,0 +1,564 @@
+"""The buyer's page and the admin page in a real browser: Debian's headless Chromium, driven by
+selenium through the system's chromedriver (selenium never downloads a driver).
+
+Each buyer is a browser of its own (its own process and profile, so its own sessionStorage);
+the server is the real one with two workers and a sweeper every second. Waits are conditions
+(WebDriverWait), never sleeps. The seat-map screenshot for the README is saved here too.
+"""
+
+import asyncio
+import json
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.conftest import ADMIN, ADMIN_TOKEN, running_server
+
+SCREENSHOT = Path(__file__).parent.parent / "docs" / "screenshot.png"
+CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+WAIT_SECONDS = 15
+
+
+@dataclass(frozen=True)
+class Browser:
+    binary: str
+    driver: str
+
+
+@pytest.fixture(scope="session")
+def browser() -> Browser:
+    binary = next((found for name in CHROMIUM if (found := shutil.which(name))), None)
+    driver = shutil.which("chromedriver")
+    if binary is None or driver is None:
+        pytest.skip(
+            "no headless browser: Chromium and chromedriver are not installed "
+            "(scripts/install-browser installs Debian's chromium and chromium-driver as root)"
+        )
+    return Browser(binary, driver)
+
+
+@dataclass(frozen=True)
+class Shop:
+    url: str
+    log: Path
+    api: httpx.Client
+
+
+@pytest.fixture(scope="module")
+def shop(
+    browser: Browser, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Shop]:
+    """The service as `boxoffice serve` runs it, sweeping expired holds every second."""
+    log = tmp_path_factory.mktemp("shop") / "server.log"
+    with (
+        running_server(database_url, log, SWEEP_INTERVAL_SECONDS="1") as url,
+        httpx.Client(base_url=url, timeout=30) as api,
+    ):
+        yield Shop(url, log, api)
+
+
+OpenBrowser = Callable[[], WebDriver]
+
+
+@pytest.fixture
+def open_browser(browser: Browser, tmp_path: Path) -> Iterator[OpenBrowser]:
+    """Start buyers' browsers; each is a separate Chromium with its own profile."""
+    opened: list[WebDriver] = []
+
+    def start() -> WebDriver:
+        options = webdriver.ChromeOptions()
+        options.binary_location = browser.binary
+        for argument in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--disable-gpu",
+            "--window-size=1280,1000",
+            "--lang=en-GB",
+            f"--user-data-dir={tmp_path / f'profile-{len(opened)}'}",
+        ):
+            options.add_argument(argument)
+        # Every request the page makes, to prove no token ever travels in a URL.
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=browser.driver))
+        opened.append(driver)
+        return driver
+
+    yield start
+    try:
+        for driver in opened:
+            assert_no_script_errors(driver)
+    finally:
+        for driver in opened:
+            driver.quit()
+
+
+# ---- helpers ----
+
+
+def create_event(shop: Shop, **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "Browser test night",
+        "venue": "Test Hall",
+        "starts_at": "2030-06-01T19:30:00Z",
+        "currency": "EUR",
+        "sections": [{"name": "Stalls", "rows": 3, "seats_per_row": 8, "price": 2500}],
+        **fields,
+    }
+    if "general_admission" in fields:
+        del body["sections"]
+    response = shop.api.post("/events", json=body, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    event: dict[str, Any] = response.json()
+    return event
+
+
+def tickets(shop: Shop, event_id: str) -> dict[str, dict[str, Any]]:
+    """The event's tickets by label ("Stalls B-4")."""
+    found: dict[str, dict[str, Any]] = {}
+    after = None
+    while True:
+        params: dict[str, Any] = {"limit": 500} | ({"after": after} if after else {})
+        page = shop.api.get(f"/events/{event_id}/tickets", params=params).json()
+        found |= {ticket["label"]: ticket for ticket in page["items"]}
+        after = page["next_after"]
+        if after is None:
+            return found
+
+
+def labels(section: str, seats: str) -> list[str]:
+    return [f"{section} {seat}" for seat in seats.split()]
+
+
+def hold_as_someone_else(shop: Shop, event_id: str, ids: list[int]) -> dict[str, Any]:
+    response = shop.api.post(
+        f"/events/{event_id}/reservations",
+        json={"ticket_ids": ids, "customer": "someone.else@example.com"},
+    )
+    assert response.status_code == 201, response.text
+    hold: dict[str, Any] = response.json()
+    return hold
+
+
+def wait(driver: WebDriver, seconds: float = WAIT_SECONDS) -> WebDriverWait[WebDriver]:
+    return WebDriverWait(
+        driver, seconds, ignored_exceptions=[NoSuchElementException, StaleElementReferenceException]
+    )
+
+
+def seat(driver: WebDriver, label: str) -> WebElement:
+    return driver.find_element(By.CSS_SELECTOR, f'button.seat[data-label="{label}"]')
+
+
+def wait_for_seats(driver: WebDriver, labels: list[str], state: str) -> None:
+    wait(driver).until(
+        lambda d: all(seat(d, label).get_attribute("data-state") == state for label in labels),
+        f"{labels} never became {state}",
+    )
+
+
+def open_shop(driver: WebDriver, shop: Shop, event_id: str) -> None:
+    """Open the event's page and wait until its live stream delivered the first snapshot."""
+    driver.get(f"{shop.url}/shop/events/{event_id}")
+    wait(driver).until(
+        lambda d: d.find_element(By.ID, "live").get_attribute("data-state") == "on",
+        "the live stream never connected",
+    )
+    # Survives only as long as the page is not reloaded.
+    driver.execute_script("window.sameDocument = true")
+
+
+def still_the_same_document(driver: WebDriver) -> bool:
+    return bool(driver.execute_script("return window.sameDocument === true"))
+
+
+def message(driver: WebDriver) -> str:
+    return str(driver.find_element(By.ID, "message").text)
+
+
+def wait_for_message(driver: WebDriver, text: str) -> str:
+    wait(driver).until(lambda d: text in message(d), f"no message saying {text!r}")
+    return message(driver)
+
+
+def type_email(driver: WebDriver, address: str = "ada@example.com") -> None:
+    field = driver.find_element(By.ID, "customer")
+    field.clear()
+    field.send_keys(address)
+
+
+def click_seats(driver: WebDriver, labels: list[str]) -> None:
+    for label in labels:
+        seat(driver, label).click()
+        assert seat(driver, label).get_attribute("aria-pressed") == "true"
+
+
+def hold_seats(driver: WebDriver, labels: list[str]) -> None:
+    click_seats(driver, labels)
+    type_email(driver)
+    driver.find_element(By.ID, "hold-button").click()
+    wait_for_seats(driver, labels, "mine")
+
+
+def countdown(driver: WebDriver) -> str:
+    return str(driver.find_element(By.ID, "countdown").text)
+
+
+def wait_until_ticking(driver: WebDriver) -> None:
+    wait(driver).until(lambda d: d.find_element(By.ID, "held").is_displayed())
+    first = countdown(driver)
+    assert first[0].isdigit(), first
+    wait(driver).until(lambda d: countdown(d) != first, "the countdown does not tick")
+
+
+def session_tokens(driver: WebDriver) -> list[str]:
+    holds = json.loads(
+        driver.execute_script("return sessionStorage.getItem('boxoffice.holds') || '{}'")
+    )
+    return [record["token"] for record in holds.values() if record.get("token")]
+
+
+def requested_urls(driver: WebDriver) -> list[str]:
+    urls = []
+    for entry in driver.get_log("performance"):
+        event = json.loads(entry["message"])["message"]
+        if event["method"] == "Network.requestWillBeSent":
+            urls.append(event["params"]["request"]["url"])
+    return urls
+
+
+def assert_no_script_errors(driver: WebDriver) -> None:
+    # Refused requests (the 409 a test provokes) are logged as failed loads: not script errors.
+    errors = [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]
+    ]
+    assert errors == [], errors
+
+
+def count_reservations(database_url: str, event_id: str) -> int:
+    async def count() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            found: int = await conn.fetchval(
+                "SELECT count(*) FROM reservations WHERE event_id = $1", uuid.UUID(event_id)
+            )
+            return found
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
+# ---- the scenarios ----
+
+
+def test_hold_two_seats_pay_and_another_buyer_sees_it_live(
+    shop: Shop, open_browser: OpenBrowser, database_url: str
+) -> None:
+    event = create_event(shop, hold_seconds=120)
+    buyer, watcher = open_browser(), open_browser()
+    open_shop(buyer, shop, event["id"])
+    open_shop(watcher, shop, event["id"])
+    seats = ["Stalls A-3", "Stalls A-4"]
+
+    click_seats(buyer, seats)
+    assert buyer.find_element(By.ID, "selection-total").text == "€50.00"
+    assert "Hold 2 seats" in buyer.find_element(By.ID, "hold-button").text
+    type_email(buyer)
+    # A double click makes one hold: the button is busy at once, and the request carries an
+    # Idempotency-Key besides.
+    buyer.execute_script("const b = document.getElementById('hold-button'); b.click(); b.click();")
+    wait_for_seats(buyer, seats, "mine")
+    assert seat(buyer, seats[0]).get_attribute("aria-label") == (
+        "Row A, seat 3, held by you, €25.00"
+    )
+    wait_until_ticking(buyer)
+    assert countdown(buyer) <= "2:00"
+    assert count_reservations(database_url, event["id"]) == 1
+
+    # The other buyer's map changes without a reload.
+    wait_for_seats(watcher, seats, "reserved")
+    assert seat(watcher, seats[0]).get_attribute("aria-disabled") == "true"
+    assert watcher.find_element(By.ID, "available-count").text == "22"
+
+    assert buyer.find_element(By.ID, "pay-button").text == "Pay €50.00"
+    buyer.find_element(By.ID, "pay-button").click()
+    wait(buyer).until(lambda d: "/shop/reservations/" in d.current_url)
+    wait(buyer).until(lambda d: d.find_element(By.ID, "booking-details").is_displayed())
+    assert buyer.find_element(By.ID, "booking-title").text == "You're going!"
+    assert buyer.find_element(By.ID, "booking-event").text == "Browser test night"
+    assert buyer.find_element(By.ID, "booking-payment").text == "pay_test_4242"
+    assert buyer.find_element(By.ID, "booking-total").text == "€50.00"
+    rows = buyer.find_elements(By.CSS_SELECTOR, "#booking-tickets tr")
+    assert [row.find_element(By.CSS_SELECTOR, "td").text for row in rows] == seats
+    assert all(row.find_elements(By.CSS_SELECTOR, "td")[-1].text == "✓ Booked" for row in rows)
+
+    wait_for_seats(watcher, seats, "booked")
+    assert still_the_same_document(watcher)
+    assert {tickets(shop, event["id"])[label]["status"] for label in seats} == {"booked"}
+
+    # The hold's token stayed in the tab: in no URL the browser asked for, not in the log.
+    [token] = session_tokens(buyer)
+    urls = [*requested_urls(buyer), buyer.current_url]
+    assert any("/confirm" in url for url in urls)
+    assert not [url for url in urls if token in url or "token" in url.lower()]
+    assert token not in shop.log.read_text()
+
+
+def test_a_seat_taken_first_by_someone_faster_shows_the_409(
+    shop: Shop, open_browser: OpenBrowser
+) -> None:
+    event = create_event(shop)
+    by_label = tickets(shop, event["id"])
+    buyer = open_browser()
+    # This buyer's live updates are slow (blocked): the other buyer gets in between the
+    # click and the hold, which only the server can tell.
+    buyer.execute_cdp_cmd("Network.enable", {})
+    buyer.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/stream"]})
+    buyer.get(f"{shop.url}/shop/events/{event['id']}")
+    click_seats(buyer, ["Stalls B-1", "Stalls B-2"])
+    hold_as_someone_else(shop, event["id"], [by_label["Stalls B-2"]["id"]])
+    type_email(buyer)
+    buyer.find_element(By.ID, "hold-button").click()
+
+    text = wait_for_message(buyer, "just taken")
+    assert text == "Stalls B-2 was just taken by someone faster — pick another seat."
+    taken = seat(buyer, "Stalls B-2")
+    assert taken.get_attribute("data-state") == "reserved"
+    assert taken.get_attribute("aria-disabled") == "true"
+    assert "held by another buyer" in (taken.get_attribute("aria-label") or "")
+    # The other seat is still chosen: one more click holds it.
+    assert seat(buyer, "Stalls B-1").get_attribute("aria-pressed") == "true"
+    buyer.find_element(By.ID, "hold-button").click()
+    wait_for_seats(buyer, ["Stalls B-1"], "mine")
+
+
+def test_a_seat_taken_while_chosen_is_dropped_live(shop: Shop, open_browser: OpenBrowser) -> None:
+    event = create_event(shop)
+    by_label = tickets(shop, event["id"])
+    buyer = open_browser()
+    open_shop(buyer, shop, event["id"])
+    click_seats(buyer, ["Stalls C-5", "Stalls C-6"])
+    hold_as_someone_else(shop, event["id"], [by_label["Stalls C-6"]["id"]])
+    wait_for_message(buyer, "Stalls C-6 was just taken by another buyer")
+    wait_for_seats(buyer, ["Stalls C-6"], "reserved")
+    assert seat(buyer, "Stalls C-5").get_attribute("aria-pressed") == "true"
+    assert buyer.find_element(By.ID, "selection-total").text == "€25.00"
+    assert still_the_same_document(buyer)
+
+
+def test_release_returns_the_seats_and_a_reload_keeps_the_hold(
+    shop: Shop, open_browser: OpenBrowser
+) -> None:
+    event = create_event(shop)
+    buyer, watcher = open_browser(), open_browser()
+    open_shop(buyer, shop, event["id"])
+    open_shop(watcher, shop, event["id"])
+    seats = ["Stalls C-1", "Stalls C-2"]
+    hold_seats(buyer, seats)
+    wait_for_seats(watcher, seats, "reserved")
+
+    # A reload finds the hold again (its token is in the tab's sessionStorage).
+    buyer.refresh()
+    wait_for_seats(buyer, seats, "mine")
+    wait_until_ticking(buyer)
+
+    buyer.find_element(By.ID, "release-button").click()
+    wait_for_message(buyer, "Released")
+    wait_for_seats(buyer, seats, "available")
+    assert buyer.find_element(By.ID, "choose").is_displayed()
+    wait_for_seats(watcher, seats, "available")
+    assert still_the_same_document(watcher)
+    assert {tickets(shop, event["id"])[label]["status"] for label in seats} == {"available"}
+    # The seats can be chosen again.
+    click_seats(buyer, seats)
+
+
+def test_an_expired_hold_returns_the_seats(shop: Shop, open_browser: OpenBrowser) -> None:
+    event = create_event(shop, hold_seconds=4)
+    buyer, watcher = open_browser(), open_browser()
+    open_shop(buyer, shop, event["id"])
+    open_shop(watcher, shop, event["id"])
+    seats = ["Stalls A-7", "Stalls A-8"]
+    hold_seats(buyer, seats)
+    wait_until_ticking(buyer)
+    wait_for_seats(watcher, seats, "reserved")
+
+    wait_for_message(buyer, "Your hold expired")
+    wait_for_seats(buyer, seats, "available")
+    assert not buyer.find_element(By.ID, "held").is_displayed()
+    # The sweeper frees them and the other buyer hears of it.
+    wait_for_seats(watcher, seats, "available")
+    assert still_the_same_document(watcher)
+    click_seats(buyer, seats)
+
+
+def test_general_admission_quantity_hold_and_pay(shop: Shop, open_browser: OpenBrowser) -> None:
+    event = create_event(
+        shop, name="Open air test", general_admission={"quantity": 20, "price": 3900}
+    )
+    buyer = open_browser()
+    open_shop(buyer, shop, event["id"])
+    assert not buyer.find_elements(By.CSS_SELECTOR, "button.seat")
+    buyer.find_element(By.ID, "quantity-up").click()
+    assert buyer.find_element(By.ID, "quantity").get_attribute("value") == "3"
+    assert buyer.find_element(By.ID, "selection-total").text == "€117.00"
+    type_email(buyer)
+    buyer.find_element(By.ID, "hold-button").click()
+    wait_until_ticking(buyer)
+    assert len(buyer.find_elements(By.CSS_SELECTOR, "#held-list li")) == 3
+    wait(buyer).until(lambda d: d.find_element(By.ID, "available-count").text == "17")
+    buyer.find_element(By.ID, "pay-button").click()
+    wait(buyer).until(lambda d: d.find_element(By.ID, "booking-details").is_displayed())
+    assert len(buyer.find_elements(By.CSS_SELECTOR, "#booking-tickets tr")) == 3
+
+
+def test_keyboard_only(shop: Shop, open_browser: OpenBrowser) -> None:
+    """Tab reaches the map (one stop), arrows move between seats, Space and Enter choose,
+    Enter in the email field holds."""
+    event = create_event(shop)
+    buyer = open_browser()
+    open_shop(buyer, shop, event["id"])
+    body = buyer.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.TAB)
+    for _ in range(20):
+        active = buyer.switch_to.active_element
+        if active.get_attribute("class") == "seat":
+            break
+        active.send_keys(Keys.TAB)
+    else:
+        pytest.fail("Tab never reached the seat map")
+    assert active.get_attribute("data-label") == "Stalls A-1"
+    active.send_keys(Keys.ARROW_RIGHT)
+    active = buyer.switch_to.active_element
+    active.send_keys(Keys.ARROW_RIGHT)
+    active = buyer.switch_to.active_element
+    assert active.get_attribute("data-label") == "Stalls A-3"
+    active.send_keys(Keys.SPACE)
+    assert active.get_attribute("aria-pressed") == "true"
+    active.send_keys(Keys.ARROW_DOWN)
+    active = buyer.switch_to.active_element
+    assert active.get_attribute("data-label") == "Stalls B-3"
+    active.send_keys(Keys.ENTER)
+    assert active.get_attribute("aria-pressed") == "true"
+    # One Tab leaves the map for the first control after it.
+    active.send_keys(Keys.TAB)
+    active = buyer.switch_to.active_element
+    assert active.get_attribute("aria-label") == "Remove Stalls A-3"
+    field = buyer.find_element(By.ID, "customer")
+    field.send_keys("keys@example.com", Keys.ENTER)
+    wait_for_seats(buyer, ["Stalls A-3", "Stalls B-3"], "mine")
+
+
+def test_admin_page_creates_events_and_shows_counts(shop: Shop, open_browser: OpenBrowser) -> None:
+    admin = open_browser()
+    admin.get(f"{shop.url}/admin")
+    assert not admin.find_element(By.ID, "admin-area").is_displayed()
+    assert admin.find_elements(By.CSS_SELECTOR, "#events-body tr") == []
+
+    token_field = admin.find_element(By.ID, "admin-token")
+    token_field.send_keys("not-the-admin-token-at-all", Keys.ENTER)
+    wait_for_message(admin, "That is not the admin token.")
+    assert not admin.find_element(By.ID, "admin-area").is_displayed()
+
+    token_field.clear()
+    token_field.send_keys(ADMIN_TOKEN, Keys.ENTER)
+    wait(admin).until(lambda d: d.find_element(By.ID, "admin-area").is_displayed())
+    wait(admin).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#events-body tr[data-event-id]"))
+
+    name = f"Admin GA {uuid.uuid4().hex[:6]}"
+    admin.find_element(By.ID, "event-name").send_keys(name)
+    admin.find_element(By.CSS_SELECTOR, 'input[name="layout"][value="general_admission"]').click()
+    quantity = admin.find_element(By.ID, "ga-quantity")
+    quantity.clear()
+    quantity.send_keys("50")
+    price = admin.find_element(By.ID, "ga-price")
+    price.clear()
+    price.send_keys("12.50")
+    admin.find_element(By.ID, "create-button").click()
+    wait_for_message(admin, f"Created “{name}” with 50 tickets.")
+    row = wait(admin).until(
+        lambda d: next(
+            (r for r in d.find_elements(By.CSS_SELECTOR, "#events-body tr") if name in r.text),
+            False,
+        )
+    )
+    cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+    assert cells[2:] == ["General admission", "50", "50", "0", "0"]
+    link = admin.find_element(By.LINK_TEXT, "Open its shop page").get_attribute("href") or ""
+    first = tickets(shop, link.rsplit("/", 1)[1])["GA 1"]
+    assert (first["price"], first["currency"]) == (1250, "EUR")
+
+    # The form starts with one seated section (Stalls, 8 × 16).
+    admin.find_element(By.CSS_SELECTOR, 'input[name="layout"][value="seated"]').click()
+    name_field = admin.find_element(By.ID, "event-name")
+    name_field.clear()
+    name_field.send_keys(name + " seated")
+    admin.find_element(By.ID, "create-button").click()
+    wait_for_message(admin, "with 128 tickets.")
+    admin.find_element(By.LINK_TEXT, "Open its shop page").click()
+    wait(admin).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "button.seat")) == 128)
+
+    # The token stays in the tab and is sent only as a header.
+    urls = [*requested_urls(admin), admin.current_url]
+    assert not [url for url in urls if ADMIN_TOKEN in url]
+
+
+def test_screenshot_of_the_seat_map(shop: Shop, open_browser: OpenBrowser) -> None:
+    """A realistic evening: some seats sold, some held by others, two held by this buyer."""
+    event = create_event(
+        shop,
+        name="Midsummer Night Concert",
+        venue="The Demo Hall",
+        starts_at="2030-06-21T19:30:00Z",
+        hold_seconds=300,
+        sections=[
+            {"name": "Stalls", "rows": 8, "seats_per_row": 16, "price": 4500},
+            {"name": "Balcony", "rows": 4, "seats_per_row": 12, "price": 2500},
+        ],
+    )
+    by_label = tickets(shop, event["id"])
+    sold = labels("Stalls", "A-7 A-8 A-9 A-10 B-8 B-9 C-3 C-4 D-12 D-13 D-14 E-1 E-2 F-8 F-9")
+    sold += labels("Stalls", "H-15 H-16") + labels("Balcony", "A-5 A-6 A-7 A-8 B-1 B-2 C-11")
+    held = labels("Stalls", "B-10 B-11 E-15 E-16") + labels("Balcony", "B-6")
+    for group in (sold[i : i + 3] for i in range(0, len(sold), 3)):
+        hold = hold_as_someone_else(shop, event["id"], [by_label[label]["id"] for label in group])
+        paid = shop.api.post(
+            f"/reservations/{hold['id']}/confirm",
+            json={"payment_reference": "pay_test_shot"},
+            headers={"Authorization": f"Bearer {hold['token']}"},
+        )
+        assert paid.status_code == 200, paid.text
+    hold_as_someone_else(shop, event["id"], [by_label[label]["id"] for label in held])
+
+    buyer = open_browser()
+    open_shop(buyer, shop, event["id"])
+    hold_seats(buyer, ["Stalls C-8", "Stalls C-9"])
+    wait_until_ticking(buyer)
+    wait_for_seats(buyer, held, "reserved")
+    wait_for_seats(buyer, sold, "booked")
+    # The whole page in one picture: a viewport as tall as the page, so no scroll bar.
+    height = buyer.execute_script("return document.documentElement.scrollHeight")
+    buyer.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 1280, "height": int(height), "deviceScaleFactor": 1, "mobile": False},
+    )
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    assert buyer.save_screenshot(str(SCREENSHOT))
