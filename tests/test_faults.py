@@ -159,6 +159,13 @@ async def test_a_worker_killed_mid_transaction_loses_nothing(
             workers = descendants(served.process.pid)
             names = application_names(workers)
 
+            # Open the pools' connections now: on a busy machine, opening 50 at once inside
+            # the lock window could outlast the lock timeout.
+            warm = await asyncio.gather(
+                *(client.get(f"/events/{event_id}/tickets") for _ in range(buyers))
+            )
+            assert {r.status_code for r in warm} == {200}
+
             # Hold every seat's row lock, so each buyer's statement waits inside PostgreSQL.
             blocking = blocker.transaction()
             await blocking.start()
