@@ -137,14 +137,18 @@ def assert_unavailable(response: httpx.Response) -> None:
 async def test_a_worker_killed_mid_transaction_loses_nothing(
     database_url: str, tmp_path: Path
 ) -> None:
-    """50 buyers wait inside the database on seats the test has locked; one worker is killed
-    with -9. Its requests fail at the client, its statements roll back (nobody gets a hold
-    they never heard of), the other worker's buyers get true answers, and the service goes on.
-    """
+    """50 buyers reserve seats the test has locked: each worker's pool connections wait on
+    the row locks inside PostgreSQL, the other requests wait for a connection. One worker is
+    killed with -9. Its requests fail at the client, its statements roll back (nobody gets a
+    hold they never heard of), the other worker's buyers get true answers, and the service
+    goes on."""
     buyers = 50
+    pool_size = 10
     server_env = {
-        # Room for every buyer to wait in the database rather than in a pool queue.
-        "POOL_SIZE": str(buyers),
+        # Ten statements per worker wait in the database, the rest of the 50 in the pool's
+        # queue (not 50 connections each: the suite's PostgreSQL allows 100 in all).
+        "POOL_SIZE": str(pool_size),
+        "POOL_TIMEOUT_SECONDS": "60",
         "LOCK_TIMEOUT_MS": "10000",
         "STATEMENT_TIMEOUT_MS": "20000",
     }
@@ -158,13 +162,6 @@ async def test_a_worker_killed_mid_transaction_loses_nothing(
             event_id, seats = await create_event(client, seats=10)
             workers = descendants(served.process.pid)
             names = application_names(workers)
-
-            # Open the pools' connections now: on a busy machine, opening 50 at once inside
-            # the lock window could outlast the lock timeout.
-            warm = await asyncio.gather(
-                *(client.get(f"/events/{event_id}/tickets") for _ in range(buyers))
-            )
-            assert {r.status_code for r in warm} == {200}
 
             # Hold every seat's row lock, so each buyer's statement waits inside PostgreSQL.
             blocking = blocker.transaction()
@@ -180,10 +177,23 @@ async def test_a_worker_killed_mid_transaction_loses_nothing(
 
             purchases = [asyncio.create_task(buy(i)) for i in range(buyers)]
 
-            async def all_waiting() -> bool:
-                return sum((await lock_waiters(observer, names)).values()) == buyers
+            # How the kernel spreads 50 connections over the two workers varies (40/10 is
+            # common), so: both have statements waiting, and one has its pool full.
+            async def both_waiting() -> bool:
+                waiting = await lock_waiters(observer, names)
+                return len(waiting) == 2 and max(waiting.values()) == pool_size
 
-            await eventually(all_waiting, f"{buyers} buyers waiting on the row locks")
+            try:
+                await eventually(both_waiting, "both workers' statements waiting on the locks")
+            except BaseException:
+                # What the database saw, for whoever reads the failure.
+                rows = await observer.fetch(
+                    "SELECT application_name, state, wait_event_type, count(*) AS n"
+                    " FROM pg_stat_activity GROUP BY 1, 2, 3"
+                )
+                print("workers:", names, "answered:", sum(p.done() for p in purchases))
+                print("\n".join(str(tuple(row)) for row in rows))
+                raise
             waiting = await lock_waiters(observer, names)
             victim_name, victim_waiting = waiting.most_common(1)[0]
             victim = int(victim_name.split("/")[1])
@@ -202,7 +212,8 @@ async def test_a_worker_killed_mid_transaction_loses_nothing(
             lost = [o for o in outcomes if isinstance(o, httpx.TransportError)]
             answers = [o for o in outcomes if isinstance(o, httpx.Response)]
             assert len(lost) + len(answers) == buyers, outcomes
-            assert len(lost) == victim_waiting
+            # Its statements in the database, and the requests queued for its pool.
+            assert len(lost) >= victim_waiting
             assert Counter(r.status_code for r in answers).keys() <= {201, 409}, [
                 r.text for r in answers
             ]
@@ -212,13 +223,15 @@ async def test_a_worker_killed_mid_transaction_loses_nothing(
             assert set(holds) == winners, "a hold exists that no buyer was told about"
             assert winners, "the surviving worker's buyers won nothing"
 
-            # The service keeps serving: a new event, a new hold.
-            after_event, after_seats = await create_event(client, seats=2)
-            again = await client.post(
-                f"/events/{after_event}/reservations",
-                json={"ticket_ids": after_seats, "customer": "late@example.com"},
-            )
-            assert again.status_code == 201, again.text
+            # The service keeps serving: a new event, a new hold. (A new client: kept-alive
+            # connections to the killed worker are dead, as they are for any real client.)
+            async with httpx.AsyncClient(base_url=served.url, timeout=30) as fresh:
+                after_event, after_seats = await create_event(fresh, seats=2)
+                again = await fresh.post(
+                    f"/events/{after_event}/reservations",
+                    json={"ticket_ids": after_seats, "customer": "late@example.com"},
+                )
+                assert again.status_code == 201, again.text
 
     await assert_invariants_at(database_url, event_id)
 
