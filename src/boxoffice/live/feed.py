@@ -12,7 +12,6 @@ allowed to grow without bound.
 """
 
 import asyncio
-import contextlib
 import json
 import logging
 import uuid
@@ -22,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from boxoffice import metrics
-from boxoffice.config import async_url
+from boxoffice.live.session import BackgroundSession
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +53,15 @@ class Subscription:
         return await self._queue.get()
 
 
-class TicketFeed:
-    """Listens while the worker lives; reconnects with backoff when the connection drops."""
+class TicketFeed(BackgroundSession):
+    """Listens while the worker lives; after a reconnect, every stream starts over."""
 
-    def __init__(self, database_url: str, *, reconnect_seconds: float = 1.0) -> None:
-        # asyncpg wants the plain scheme, whatever the user wrote.
-        self._database_url = async_url(database_url).replace("+asyncpg", "", 1)
-        self._reconnect_seconds = reconnect_seconds
+    application_name = "boxoffice-feed"
+
+    def __init__(self, database_url: str) -> None:
+        super().__init__(database_url)
         self._subscribers: dict[uuid.UUID, set[Subscription]] = defaultdict(set)
-        self._task: asyncio.Task[None] | None = None
+        self._listened = False
         self.connected = asyncio.Event()
 
     def subscribe(self, event_id: uuid.UUID) -> Subscription:
@@ -79,18 +78,21 @@ class TicketFeed:
             if not subscribers:
                 del self._subscribers[subscription.event_id]
 
-    @property
-    def streams(self) -> int:
-        return sum(len(subscribers) for subscribers in self._subscribers.values())
+    async def serve(self, conn: asyncpg.Connection) -> None:
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener(CHANNEL, self._on_notification)
+        if self._listened:
+            # Changes made while we were away were never heard: start everyone over.
+            self._resync_all()
+        self._listened = True
+        self.connected.set()
+        metrics.FEED_CONNECTED.set(1)
+        await lost.wait()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._listen_forever(), name="ticket-feed")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    def disconnected(self) -> None:
+        self.connected.clear()
+        metrics.FEED_CONNECTED.set(0)
 
     def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         try:
@@ -105,34 +107,3 @@ class TicketFeed:
         for subscribers in self._subscribers.values():
             for subscription in subscribers:
                 subscription.resync()
-
-    async def _listen_forever(self) -> None:
-        first = True
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(
-                    self._database_url,
-                    timeout=10,
-                    server_settings={"application_name": "boxoffice-feed"},
-                )
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, self._on_notification)
-                if not first:
-                    # Changes made while we were away were never heard: start everyone over.
-                    self._resync_all()
-                first = False
-                self.connected.set()
-                metrics.FEED_CONNECTED.set(1)
-                await lost.wait()
-                logger.warning("ticket feed: lost the database connection; reconnecting")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                logger.warning("ticket feed: cannot listen (%s); retrying", error)
-            finally:
-                self.connected.clear()
-                metrics.FEED_CONNECTED.set(0)
-                if conn is not None and not conn.is_closed():
-                    await conn.close(timeout=2)
-            # Streams stay open meanwhile, showing what they knew; they resync once we are back.
-            await asyncio.sleep(self._reconnect_seconds)

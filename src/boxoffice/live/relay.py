@@ -8,22 +8,17 @@ if the relay dies mid-batch, the batch rolls back and the next relay sends it.
 """
 
 import asyncio
-import contextlib
-import logging
 
 import asyncpg
 
-from boxoffice.config import async_url
 from boxoffice.live.feed import CHANNEL
-
-logger = logging.getLogger(__name__)
+from boxoffice.live.session import RECONNECT_SECONDS, BackgroundSession
 
 # pg_try_advisory_lock key of the relay ("bxrelay" in ASCII); per database.
 RELAY_LOCK = 0x62787265_6C6179
 # How often the relay looks for new rows when it found none: the streams' added latency.
 POLL_SECONDS = 0.05
 BATCH = 500
-RETRY_SECONDS = 1.0
 
 # Oldest first: two changes of one seat are ordered by its row lock, so the later one always
 # has the higher id and is committed after the earlier. unnest keeps the array's order, so
@@ -39,46 +34,18 @@ _TAKE = """
 _NOTIFY = f"SELECT count(pg_notify('{CHANNEL}', payload)) FROM unnest($1::text[]) AS payload"
 
 
-class ChangeRelay:
-    def __init__(self, database_url: str) -> None:
-        self._database_url = async_url(database_url).replace("+asyncpg", "", 1)
-        self._task: asyncio.Task[None] | None = None
-        self.relaying = False
+class ChangeRelay(BackgroundSession):
+    application_name = "boxoffice-relay"
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run_forever(), name="change-relay")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run_forever(self) -> None:
+    async def serve(self, conn: asyncpg.Connection) -> None:
+        # Another worker relays while it holds the lock; take over when it is gone. (Polling:
+        # the lock's holder is another process, there is nothing to await.) Closing the
+        # session, as the worker does on any error or exit, releases the lock.
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):  # noqa: ASYNC110
+            await asyncio.sleep(RECONNECT_SECONDS)
         while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(
-                    self._database_url,
-                    timeout=10,
-                    server_settings={"application_name": "boxoffice-relay"},
-                )
-                # Another worker relays while it holds the lock; take over when it is gone.
-                # (Polling: the lock's holder is another process, there is nothing to await.)
-                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):  # noqa: ASYNC110
-                    await asyncio.sleep(RETRY_SECONDS)
-                self.relaying = True
-                while True:
-                    if await relay_once(conn) < BATCH:
-                        await asyncio.sleep(POLL_SECONDS)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                logger.warning("change relay: %s; retrying", error.__class__.__name__)
-            finally:
-                self.relaying = False
-                if conn is not None and not conn.is_closed():
-                    # Closing the session releases the advisory lock for another worker.
-                    await conn.close(timeout=2)
-            await asyncio.sleep(RETRY_SECONDS)
+            if await relay_once(conn) < BATCH:
+                await asyncio.sleep(POLL_SECONDS)
 
 
 async def relay_once(conn: asyncpg.Connection) -> int:
