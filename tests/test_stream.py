@@ -4,6 +4,8 @@ after the listening connection drops; big sweeps split into notifications that f
 
 import asyncio
 import json
+import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +18,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice.reservations.service import sweep_all
-from tests.conftest import EventFactory, assert_invariants, running_server, ticket_ids
+from tests.conftest import (
+    EventFactory,
+    assert_invariants,
+    running_server,
+    serving,
+    ticket_ids,
+)
 from tests.test_lifecycle import assert_problem, bearer
 from tests.test_metrics import scrape, value
 from tests.test_state_machine import move_expiry_into_the_past
@@ -264,3 +272,24 @@ async def test_changes_made_while_the_relay_is_down_are_sent_when_it_is_back(
         await reserve(client, event["id"], seats[2:3])
         await listening.changes(dict.fromkeys(seats[:3], "reserved"))
     assert await relays() == 1
+
+
+async def test_stopping_the_server_ends_open_streams_at_once(
+    database_url: str, make_event: EventFactory, tmp_path: Path
+) -> None:
+    """A stream never ends by itself; on SIGTERM the workers end them, so `serve` stops
+    without waiting out its graceful timeout (5 s) and without errors in its log."""
+    event = await make_event(rows=1, seats_per_row=2)
+    log = tmp_path / "server.log"
+    with serving(database_url, log, workers=2) as served:
+        async with stream(served.url, event["id"]) as one, stream(served.url, event["id"]) as two:
+            assert (await one.next()).kind == "snapshot"
+            assert (await two.next()).kind == "snapshot"
+            began = time.monotonic()
+            served.process.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(served.process.wait, 10)
+            stopped_after = time.monotonic() - began
+    assert code == 0
+    assert stopped_after < 4, f"serve took {stopped_after:.1f}s to stop"
+    text_of_log = log.read_text()
+    assert "Traceback" not in text_of_log and "ERROR" not in text_of_log, text_of_log

@@ -6,6 +6,8 @@ import gc
 import inspect
 import logging
 import secrets
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -101,6 +103,29 @@ def sqlstate_of(error: BaseException | None) -> str | None:
     return sqlstate(error) if error is not None else None
 
 
+def _end_streams_on_stop_signal(feed: TicketFeed) -> None:
+    """On SIGTERM/SIGINT, end the live streams at once, then stop as uvicorn would.
+
+    uvicorn waits for open requests before the lifespan's shutdown runs, and a stream never
+    ends by itself: without this, every stop waits out the graceful timeout and logs the
+    streams' cancellation as errors. uvicorn installs its handlers before our startup; ours
+    wraps them (and uvicorn puts its originals back when it exits).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # an in-process test client: no signals to catch
+    loop = asyncio.get_running_loop()
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(stop_signal)
+        if not callable(previous):
+            continue
+
+        def on_stop(signum: int, frame: Any, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(feed.close_streams)
+            previous(signum, frame)
+
+        signal.signal(stop_signal, on_stop)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_format)
@@ -125,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         relay = ChangeRelay(settings.database_url)
         feed.start()
         relay.start()
+        _end_streams_on_stop_signal(feed)
         try:
             yield
         finally:

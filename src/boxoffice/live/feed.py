@@ -36,6 +36,8 @@ class Subscription:
     def __init__(self, event_id: uuid.UUID) -> None:
         self.event_id = event_id
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(MAX_PENDING)
+        # Set when the worker is stopping: the stream ends, the browser reconnects elsewhere.
+        self.closed = False
 
     def deliver(self, payload: str) -> None:
         try:
@@ -48,6 +50,10 @@ class Subscription:
         while not self._queue.empty():
             self._queue.get_nowait()
         self._queue.put_nowait(None)
+
+    def close(self) -> None:
+        self.closed = True
+        self.resync()  # wakes the stream
 
     async def next(self) -> str | None:
         return await self._queue.get()
@@ -93,6 +99,12 @@ class TicketFeed(BackgroundSession):
     def disconnected(self) -> None:
         self.connected.clear()
         metrics.FEED_CONNECTED.set(0)
+
+    def close_streams(self) -> None:
+        """End every stream now (the worker is stopping)."""
+        for subscribers in self._subscribers.values():
+            for subscription in subscribers:
+                subscription.close()
 
     def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         try:

@@ -91,6 +91,8 @@ async def _messages(
             if change is not None:
                 yield _message("tickets", change)
                 continue
+            if subscription.closed:
+                return
             try:
                 fresh = await service.snapshot(engine, subscription.event_id)
             except Exception as error:
