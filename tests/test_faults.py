@@ -178,13 +178,13 @@ async def test_a_worker_killed_mid_transaction_loses_nothing(
             purchases = [asyncio.create_task(buy(i)) for i in range(buyers)]
 
             # How the kernel spreads 50 connections over the two workers varies (40/10 is
-            # common), so: both have statements waiting, and one has its pool full.
-            async def both_waiting() -> bool:
+            # common, all on one happens), so: wait until one worker's pool is full.
+            async def a_pool_full() -> bool:
                 waiting = await lock_waiters(observer, names)
-                return len(waiting) == 2 and max(waiting.values()) == pool_size
+                return bool(waiting) and max(waiting.values()) == pool_size
 
             try:
-                await eventually(both_waiting, "both workers' statements waiting on the locks")
+                await eventually(a_pool_full, "a worker's connections all waiting on the locks")
             except BaseException:
                 # What the database saw, for whoever reads the failure.
                 rows = await observer.fetch(
@@ -221,7 +221,8 @@ async def test_a_worker_killed_mid_transaction_loses_nothing(
             holds = await reservations_of(observer, event_id)
             winners = {r.json()["id"] for r in answers if r.status_code == 201}
             assert set(holds) == winners, "a hold exists that no buyer was told about"
-            assert winners, "the surviving worker's buyers won nothing"
+            # Seats were free once the lock went: if the other worker had buyers, some won.
+            assert winners or not answers, "the surviving worker's buyers won nothing"
 
             # The service keeps serving: a new event, a new hold. (A new client: kept-alive
             # connections to the killed worker are dead, as they are for any real client.)
