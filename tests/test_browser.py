@@ -27,6 +27,9 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
+from boxoffice.config import Settings
+from boxoffice.database import create_engine
+from boxoffice.invariants import check_invariants
 from tests.conftest import ADMIN, ADMIN_TOKEN, running_server
 
 SCREENSHOT = Path(__file__).parent.parent / "docs" / "screenshot.png"
@@ -264,6 +267,22 @@ def count_reservations(database_url: str, event_id: str) -> int:
             await conn.close()
 
     return asyncio.run(count())
+
+
+@pytest.fixture(autouse=True)
+def invariants_hold_afterwards(database_url: str) -> Iterator[None]:
+    """Each scenario ends with the invariant checker on the whole database."""
+    yield
+
+    async def check() -> list[Any]:
+        engine = create_engine(Settings(database_url=database_url, admin_token=ADMIN_TOKEN))
+        try:
+            return await check_invariants(engine)
+        finally:
+            await engine.dispose()
+
+    violations = asyncio.run(check())
+    assert violations == [], "\n".join(str(v) for v in violations)
 
 
 # ---- the scenarios ----

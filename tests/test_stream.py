@@ -154,7 +154,7 @@ async def test_a_stream_starts_from_a_snapshot_and_hears_every_change(
 
 
 async def test_a_stream_hears_only_its_own_event(
-    client: httpx.AsyncClient, live_server: str, make_event: EventFactory
+    client: httpx.AsyncClient, live_server: str, make_event: EventFactory, engine: AsyncEngine
 ) -> None:
     mine, other = await make_event(), await make_event()
     my_seats, other_seats = (
@@ -169,6 +169,7 @@ async def test_a_stream_hears_only_its_own_event(
         message = await listening.next()
         assert message.event_id == mine["id"]
         assert message.tickets == {my_seats[0]: "reserved"}
+    await assert_invariants(engine)
 
 
 async def test_an_unknown_event_has_no_stream(client: httpx.AsyncClient) -> None:
@@ -205,6 +206,7 @@ async def test_after_the_listening_connection_drops_the_stream_starts_over(
         assert message.kind == "snapshot"
         assert message.tickets[seats[0]] == "reserved"
         assert list(message.tickets.values()).count("available") == 3
+    await assert_invariants(engine, event["id"])
 
 
 async def test_a_big_sweep_arrives_in_notifications_that_fit(
@@ -272,6 +274,7 @@ async def test_changes_made_while_the_relay_is_down_are_sent_when_it_is_back(
         await reserve(client, event["id"], seats[2:3])
         await listening.changes(dict.fromkeys(seats[:3], "reserved"))
     assert await relays() == 1
+    await assert_invariants(engine, event["id"])
 
 
 async def test_stopping_the_server_ends_open_streams_at_once(
