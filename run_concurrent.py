@@ -2,18 +2,22 @@
 """Many buyers, one ticket, one moment: does exactly one of them get it?
 
 N simulated users each open their own connection to a running boxoffice server, wait at a
-barrier until every one of them is ready, and then all send the seed demo's
+barrier until every one of them is ready, and then all send the original demo's
 `PATCH /tickets/reserve {"user_id": N, "ticket_id": T}` at once. The service promises that
 exactly one wins (200) and every other one is refused at once with 409.
 
+    python run_concurrent.py                      # as the original demo: 10 users, its ticket
     python run_concurrent.py --url http://127.0.0.1:8000 --users 50 [--ticket-id 7]
+    python run_concurrent.py --first-available    # the first ticket GET /tickets lists free
 
-Without --ticket-id it takes the first ticket that `GET /tickets` lists as available.
-Exit status: 0 exactly one winner and every other user refused with 409; 1 anything else
-(no winner, several winners, a 5xx, a transport error, another status); 2 the server cannot
-be reached, or it has no available ticket.
+With no arguments it does what the demo's own script did: 10 users at the demo's ticket
+bf2af413-dd2f-4dd2-a0e1-13def2abe020 on http://localhost:8000 (`./scripts/serve` creates the
+demo's data; `boxoffice seed --demo-data` puts its tickets back on sale). --ticket-id takes a
+UUID or boxoffice's integer id. Exit status: 0 exactly one winner and every other user refused
+with 409; 1 anything else (no winner, several winners, a 5xx, a transport error, another
+status); 2 the server cannot be reached, or it has no such ticket.
 
-The load and the verdict are `boxoffice simulate`'s (this is its one-ticket rush with the seed
+The load and the verdict are `boxoffice simulate`'s (this is its one-ticket rush with the
 demo's request), so run it with the project installed: `.venv/bin/python run_concurrent.py`.
 `boxoffice simulate one-ticket` does the same on an event of its own and also checks the
 database's invariants.
@@ -24,21 +28,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+try:
+    import httpx
 
-# One implementation of the rush and the verdict: the simulator's. This script keeps the seed
-# demo's request, its output and its exit codes.
-from boxoffice.simulate.load import Recorder, SetupError, check_reachable, describe, rush
-from boxoffice.simulate.outcomes import Attempt
-from boxoffice.simulate.scenarios import seed_one_ticket
-from boxoffice.simulate.verdict import Verdict
-from boxoffice.simulate.verdict import judge as judge_attempts
+    # One implementation of the rush and the verdict: the simulator's. This script keeps the
+    # original demo's request, its output and its exit codes.
+    from boxoffice.simulate.load import Recorder, SetupError, check_reachable, describe, rush
+    from boxoffice.simulate.outcomes import Attempt
+    from boxoffice.simulate.scenarios import seed_one_ticket
+    from boxoffice.simulate.verdict import Verdict
+    from boxoffice.simulate.verdict import judge as judge_attempts
+except ImportError as missing:  # pragma: no cover - what a user sees outside the venv
+    sys.exit(
+        f"run_concurrent.py needs boxoffice installed ({missing.name} is missing).\n"
+        "In the project folder, run ./scripts/serve once (it creates .venv and starts the "
+        "server),\nthen in another terminal: .venv/bin/python run_concurrent.py"
+    )
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+# What the original demo's script hard-codes: its server and its ticket.
+DEFAULT_URL = "http://localhost:8000"
+DEMO_TICKET = "bf2af413-dd2f-4dd2-a0e1-13def2abe020"
 DEFAULT_USERS = 10
 DEFAULT_TIMEOUT = 30.0
 WIN_STATUSES = frozenset({200, 201})
@@ -120,55 +134,87 @@ def judge(outcomes: Sequence[Outcome]) -> Verdict:
     return judge_attempts([outcome.attempt() for outcome in outcomes], noun="user")
 
 
-async def find_available_ticket(url: str, *, request_timeout: float = 5.0) -> int:
-    """The id of the first ticket that `GET /tickets` lists as available (following pages)."""
-    after: int | None = None
+@dataclass(frozen=True)
+class Target:
+    """The ticket to fight over, as requests name it and as answers report it."""
+
+    reference: int | str
+    internal_id: int
+    status: str
+
+
+def ticket_reference(text: str) -> int | str:
+    """--ticket-id: a UUID (sent as the demo sent it) or boxoffice's integer id."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        pass
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a ticket UUID or id: {text!r}") from None
+
+
+async def find_ticket(
+    url: str, reference: int | str | None, *, request_timeout: float = 5.0
+) -> Target:
+    """Walk `GET /tickets` to the ticket named (by UUID or id), or the first available one."""
     timeout = httpx.Timeout(request_timeout, connect=min(request_timeout, 5.0))
+    path: str | None = f"/tickets?limit={PAGE_SIZE}"
     try:
         async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
-            while True:
-                params: dict[str, int] = {"limit": PAGE_SIZE}
-                if after is not None:
-                    params["after"] = after
-                response = await client.get("/tickets", params=params)
+            while path is not None:
+                response = await client.get(path)
                 if response.status_code != 200:
                     raise SetupError(
                         f"GET /tickets answered {response.status_code}: {response.text[:200]}"
                     )
                 try:
-                    tickets: list[dict[str, Any]] = response.json()
-                except ValueError as error:
-                    raise SetupError(f"GET /tickets did not answer JSON: {error}") from error
+                    page: dict[str, Any] = response.json()
+                    tickets: list[dict[str, Any]] = page["data"]
+                except (ValueError, KeyError, TypeError) as error:
+                    raise SetupError(f"GET /tickets did not answer its list: {error}") from error
                 for ticket in tickets:
-                    if ticket.get("status") == "available":
-                        return int(ticket["id"])
-                next_after = response.headers.get("X-Next-After")
-                if not next_after:
-                    raise SetupError(f"no available ticket at {url} (GET /tickets lists none)")
-                after = int(next_after)
+                    named = reference in (ticket.get("id"), ticket.get("internal_id"))
+                    free = reference is None and ticket.get("status") == "available"
+                    if named or free:
+                        return Target(
+                            reference if reference is not None else ticket["id"],
+                            int(ticket["internal_id"]),
+                            str(ticket["status"]),
+                        )
+                path = page.get("next")
     except httpx.TransportError as error:
         raise SetupError(f"cannot reach the server at {url}: {describe(error)}") from error
+    if reference is None:
+        raise SetupError(f"no available ticket at {url} (GET /tickets lists none)")
+    hint = (
+        " (run `boxoffice seed --demo-data` to create the demo's)"
+        if reference == DEMO_TICKET
+        else ""
+    )
+    raise SetupError(f"no ticket {reference} at {url}{hint}")
 
 
 async def run(
     url: str = DEFAULT_URL,
     users: int = DEFAULT_USERS,
-    ticket_id: int | None = None,
+    ticket: int | str | None = DEMO_TICKET,
     *,
     request_timeout: float = DEFAULT_TIMEOUT,
 ) -> Result:
-    """Release `users` buyers at one ticket together; raise SetupError if that cannot start."""
+    """Release `users` buyers at one ticket (UUID, id, or None: the first available) together;
+    raise SetupError if that cannot start."""
     if users < 1:
         raise ValueError("users must be at least 1")
     url = url.rstrip("/")
     await check_reachable(url)
-    if ticket_id is None:
-        ticket_id = await find_available_ticket(url)
-    target = ticket_id
+    target = await find_ticket(url, ticket)
+    ticket_id = target.internal_id
     recorder = Recorder()
 
     async def send(client: httpx.AsyncClient, user: int) -> None:
-        await seed_one_ticket(recorder, client, user, target)
+        await seed_one_ticket(recorder, client, user, target.reference, wanted=ticket_id)
 
     # One connection per user, opened before the barrier: N requests on N ready sockets.
     await rush(url, users, send, request_timeout=request_timeout)
@@ -188,11 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--users", type=int, default=DEFAULT_USERS, help=f"simulated users ({DEFAULT_USERS})"
     )
-    parser.add_argument(
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
         "--ticket-id",
-        type=int,
-        default=None,
-        help="ticket to fight over (default: the first available one in GET /tickets)",
+        type=ticket_reference,
+        default=DEMO_TICKET,
+        help=f"ticket to fight over, its UUID or id (default: the demo's {DEMO_TICKET})",
+    )
+    target.add_argument(
+        "--first-available",
+        action="store_true",
+        help="fight over the first ticket GET /tickets lists as available",
     )
     parser.add_argument(
         "--timeout",
@@ -208,12 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.users < 1:
         print("run_concurrent: --users must be at least 1", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    target = f"ticket {args.ticket_id}" if args.ticket_id is not None else "first available ticket"
+    ticket = None if args.first_available else args.ticket_id
+    target = f"ticket {ticket}" if ticket is not None else "first available ticket"
     print(f"{args.users} users → PATCH {args.url.rstrip('/')}/tickets/reserve, {target}")
     try:
-        result = asyncio.run(
-            run(args.url, args.users, args.ticket_id, request_timeout=args.timeout)
-        )
+        result = asyncio.run(run(args.url, args.users, ticket, request_timeout=args.timeout))
     except SetupError as error:
         print(f"run_concurrent: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE

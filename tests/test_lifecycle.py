@@ -494,7 +494,7 @@ async def test_best_available_for_general_admission(
     await assert_invariants(engine, event_id)
 
 
-async def test_seed_ticket_list_is_a_plain_list_paged_by_header(
+async def test_demo_ticket_list_is_data_paged_by_next_link(
     client: httpx.AsyncClient, make_event: EventFactory, engine: AsyncEngine
 ) -> None:
     event = await make_event(rows=2, seats_per_row=5)
@@ -505,24 +505,28 @@ async def test_seed_ticket_list_is_a_plain_list_paged_by_header(
     # This event's tickets are the newest, so walking from its first one ends with its last.
     seen: list[int] = []
     sizes: list[int] = []
-    after = ids[0] - 1
-    while True:
-        response = await client.get("/tickets", params={"after": after, "limit": 4})
+    path: str | None = f"/tickets?after={ids[0] - 1}&limit=4"
+    while path is not None:
+        response = await client.get(path)
         assert response.status_code == 200, response.text
         page = response.json()
-        assert isinstance(page, list)
-        seen += [ticket["id"] for ticket in page]
-        sizes.append(len(page))
-        if "x-next-after" not in response.headers:
-            break
-        assert response.headers["x-next-after"] == str(page[-1]["id"])
-        after = int(response.headers["x-next-after"])
+        assert set(page) == {"data", "next"}
+        seen += [ticket["internal_id"] for ticket in page["data"]]
+        sizes.append(len(page["data"]))
+        path = page["next"]
+        if path is not None:
+            assert response.headers["x-next-after"] == str(page["data"][-1]["internal_id"])
         assert len(sizes) < 10, "paging does not end"
     assert seen == ids
     assert sizes == [4, 4, 2]
-    first = (await client.get("/tickets", params={"after": ids[0] - 1, "limit": 1})).json()[0]
-    assert first == {
-        "id": ids[0],
+    first = (await client.get("/tickets", params={"after": ids[0] - 1, "limit": 1})).json()
+    public_id = first["data"][0]["id"]
+    assert str(uuid.UUID(public_id)) == public_id
+    assert first["data"][0] == {
+        "id": public_id,
+        "internal_id": ids[0],
+        "status": "available",
+        "event_name": "Test event",
         "event_id": event_id,
         "label": "Main A-1",
         "section": "Main",
@@ -530,10 +534,10 @@ async def test_seed_ticket_list_is_a_plain_list_paged_by_header(
         "seat": 1,
         "price": 2500,
         "currency": "EUR",
-        "status": "available",
     }
     response = await client.get("/tickets", params={"after": ids[-3], "limit": 5})
-    assert [ticket["id"] for ticket in response.json()] == ids[-2:]
+    assert [ticket["internal_id"] for ticket in response.json()["data"]] == ids[-2:]
+    assert response.json()["next"] is None
     assert "x-next-after" not in response.headers
     await assert_invariants(engine, event_id)
 
@@ -550,10 +554,15 @@ async def test_seed_patch_reserve_gives_a_ticket_to_one_user_only(
     assert response.status_code == 200, response.text
     won = response.json()
     assert (won["ticket_id"], won["user_id"], won["status"]) == (target, 1, "reserved")
+    assert won["internal_id"] == target and won["message"]
 
-    response = await client.patch("/tickets/reserve", json={"user_id": 2, "ticket_id": target})
+    # The same ticket by its public UUID, as the original demo's clients name it.
+    response = await client.patch(
+        "/tickets/reserve", json={"user_id": 2, "ticket_id": won["ticket_public_id"]}
+    )
     body = assert_problem(response, 409, "tickets-unavailable")
     assert body["ticket_ids"] == [target]
+    assert body["message"] == "Ticket not available."
 
     listed = await statuses(client, event_id)
     assert listed == {ids[0]: "available", target: "reserved", ids[2]: "available"}

@@ -59,8 +59,11 @@ def check_walkthrough(base_url: str) -> None:
     assert "204" in lines, "releasing the best-available hold answers 204"
     created = next(b for b in bodies if isinstance(b, dict) and b.get("name") == "Jazz Night")
     assert created["ticket_count"] == 60
+    demo_list = next(b for b in bodies if isinstance(b, dict) and "data" in b)
+    assert demo_list["data"][0]["id"] == "bf2af413-dd2f-4dd2-a0e1-13def2abe020"
     seed_reserve = bodies[-1]
-    assert seed_reserve.get("ticket_id") == 100 or seed_reserve.get("status") == 409
+    assert seed_reserve["ticket_id"] == "bf2af413-dd2f-4dd2-a0e1-13def2abe020"
+    assert seed_reserve["message"] and seed_reserve["status"] == "reserved"
 
 
 @pytest.mark.parametrize("command", ["./scripts/serve", "./scripts/test"])

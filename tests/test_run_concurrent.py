@@ -174,16 +174,16 @@ async def test_fifty_users_one_ticket_exactly_one_wins(
     await assert_invariants(engine, event["id"])
 
 
-def test_first_available_ticket_by_default(databases: Databases, tmp_path: Path) -> None:
-    """Without --ticket-id it fights over the first ticket `GET /tickets` lists as available.
+def test_first_available_ticket_on_request(databases: Databases, tmp_path: Path) -> None:
+    """--first-available fights over the first ticket `GET /tickets` lists as available.
 
     On a server of its own (fresh database, seeded demo events), so the shared test database's
     demo tickets stay untouched for the other tests."""
     url = databases.create("boxoffice_run_concurrent")
     with running_server(url, tmp_path / "server.log") as base:
-        listed = httpx.get(base + "/tickets", params={"limit": 500}, timeout=10).json()
-        first = next(ticket["id"] for ticket in listed if ticket["status"] == "available")
-        code, stdout, stderr = run_script("--url", base, "--users", "10")
+        listed = httpx.get(base + "/tickets", params={"limit": 500}, timeout=10).json()["data"]
+        first = next(t["internal_id"] for t in listed if t["status"] == "available")
+        code, stdout, stderr = run_script("--url", base, "--users", "10", "--first-available")
     assert code == 0, stdout + stderr
     assert f"ticket {first}:" in stdout, stdout
     winners = winner_lines(stdout)

@@ -104,9 +104,27 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _seed_original_demo(url: str, settings: Settings) -> str:
+    from boxoffice.database import create_engine
+    from boxoffice.seed import seed_original_demo
+
+    engine = create_engine(settings.model_copy(update={"database_url": url}))
+    try:
+        result = await seed_original_demo(engine, hold_seconds=settings.hold_seconds)
+    finally:
+        await engine.dispose()
+    return (
+        f"boxoffice: the original demo's data is in place ({result.created_tickets} tickets "
+        f"created, {result.reset_tickets} put back on sale; all ten are available)"
+    )
+
+
 def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     with database(settings) as url:
         _migrate(url)
+        if args.demo_data:
+            print(asyncio.run(_seed_original_demo(url, settings)))
+            return 0
         created = asyncio.run(_seed(url, settings, force=args.force))
     print(
         f"boxoffice: seeded {created} demo events"
@@ -159,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     seed = commands.add_parser("seed", help="add the demo events to an empty database")
     seed.add_argument("--force", action="store_true", help="add them even if events exist")
+    seed.add_argument(
+        "--demo-data",
+        action="store_true",
+        help="(re)create the original demo's two events and ten tickets, all on sale again; "
+        "touches nothing else",
+    )
     seed.set_defaults(handler=cmd_seed)
 
     sweep = commands.add_parser("sweep", help="free every expired hold now")

@@ -72,9 +72,10 @@ async def list_events(
     settings: AppSettings,
     limit: Annotated[int, Query(ge=1)] = 50,
     after: uuid.UUID | None = None,
+    upcoming: Annotated[bool, Query(description="Only events that have not started yet.")] = False,
 ) -> EventPage:
     rows, next_after = await service.list_events(
-        engine, limit=page_size(limit, settings), after=after
+        engine, limit=page_size(limit, settings), after=after, upcoming=upcoming
     )
     return EventPage(items=[EventOut.from_row(row) for row in rows], next_after=next_after)
 

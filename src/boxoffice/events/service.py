@@ -140,14 +140,18 @@ async def _event_on(conn: AsyncConnection, event_id: uuid.UUID) -> tuple[Any, li
 
 
 async def list_events(
-    engine: AsyncEngine, *, limit: int, after: uuid.UUID | None
+    engine: AsyncEngine, *, limit: int, after: uuid.UUID | None, upcoming: bool = False
 ) -> tuple[list[Any], uuid.UUID | None]:
-    """Events by start time (keyset pagination on (starts_at, id))."""
-    where = ""
+    """Events by start time (keyset pagination on (starts_at, id)); `upcoming`: only those
+    that have not started by the database clock."""
+    filters = []
     params: dict[str, Any] = {"limit": limit + 1}
     if after is not None:
-        where = " WHERE (e.starts_at, e.id) > (SELECT starts_at, id FROM events WHERE id = :after)"
+        filters.append("(e.starts_at, e.id) > (SELECT starts_at, id FROM events WHERE id = :after)")
         params["after"] = after
+    if upcoming:
+        filters.append("e.starts_at > now()")
+    where = f" WHERE {' AND '.join(filters)}" if filters else ""
     async with engine.connect() as conn:
         if after is not None:
             known = await conn.execute(text("SELECT 1 FROM events WHERE id = :id"), {"id": after})

@@ -617,3 +617,46 @@ def validate_ticket_ids(ticket_ids: list[int], max_per_hold: int) -> None:
         raise InvalidRequest("ticket_ids must not repeat a ticket")
     if len(ticket_ids) > max_per_hold:
         raise InvalidRequest(f"at most {max_per_hold} tickets per hold")
+
+
+async def reset_to_unsold(conn: AsyncConnection, event_ids: list[uuid.UUID]) -> int:
+    """Put every ticket of these events back on sale as if none had ever been sold.
+
+    For the original demo's data only (`boxoffice seed --demo-data`): its clients expect to
+    find its tickets free after a re-seed. Their holds, bookings and audit rows are deleted,
+    not ended, so the events look freshly seeded; returns how many tickets were claimed.
+    Runs in the caller's transaction. Lock order as confirm and release: the reservation rows
+    first, then the tickets in id order, so a buyer's confirm or release in flight cannot
+    deadlock with it; waiting a few seconds for them is fine here, so the short buyer-facing
+    lock_timeout is lifted for this transaction.
+    """
+    await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+    ids = {"event_ids": event_ids}
+    await conn.execute(
+        text(
+            "SELECT id FROM reservations WHERE event_id = ANY(CAST(:event_ids AS uuid[]))"
+            " ORDER BY id FOR UPDATE"
+        ),
+        ids,
+    )
+    await conn.execute(
+        text(
+            "SELECT id FROM tickets WHERE event_id = ANY(CAST(:event_ids AS uuid[]))"
+            " ORDER BY id FOR UPDATE"
+        ),
+        ids,
+    )
+    claimed = await conn.execute(
+        text(
+            "UPDATE tickets SET status = 'available', reservation_id = NULL,"
+            " hold_expires_at = NULL, booking_id = NULL"
+            " WHERE event_id = ANY(CAST(:event_ids AS uuid[])) AND status <> 'available'"
+            " RETURNING id"
+        ),
+        ids,
+    )
+    for table in ("ticket_audit", "bookings", "reservation_tickets", "reservations"):
+        await conn.execute(
+            text(f"DELETE FROM {table} WHERE event_id = ANY(CAST(:event_ids AS uuid[]))"), ids
+        )
+    return len(claimed.all())

@@ -78,13 +78,14 @@ def summarise(response: httpx.Response, body: Any) -> str:
 
 
 def _won_tickets(body: dict[str, Any]) -> tuple[int, ...]:
-    """The ticket ids in a winning answer: a reservation's `tickets`, or the seed's `ticket_id`.
-    A malformed answer yields none, and the verdict reports a hold without its tickets."""
+    """The ticket ids in a winning answer: a reservation's `tickets`, or the original demo
+    endpoint's `internal_id`. A malformed answer yields none, and the verdict reports a hold
+    without its tickets."""
     try:
         if isinstance(body.get("tickets"), list):
             return tuple(int(ticket["id"]) for ticket in body["tickets"])
-        if "ticket_id" in body:
-            return (int(body["ticket_id"]),)
+        if "internal_id" in body:
+            return (int(body["internal_id"]),)
     except (KeyError, TypeError, ValueError):
         pass
     return ()

@@ -258,17 +258,23 @@ async def one_ticket(stage: Stage, http: httpx.AsyncClient, buyer: int) -> None:
 
 
 async def seed_one_ticket(
-    recorder: Recorder, http: httpx.AsyncClient, buyer: int, ticket_id: int
+    recorder: Recorder,
+    http: httpx.AsyncClient,
+    buyer: int,
+    ticket: int | str,
+    *,
+    wanted: int,
 ) -> None:
-    """The seed demo's request, as run_concurrent.py has always sent it."""
+    """The original demo's request, as run_concurrent.py has always sent it: the ticket named
+    by its UUID (or id); `wanted` is its internal id, which a winning answer must report."""
     await recorder.send(
         http,
         buyer=buyer,
         action="reserve",
         method="PATCH",
         path="/tickets/reserve",
-        json={"user_id": buyer, "ticket_id": ticket_id},
-        wanted=(ticket_id,),
+        json={"user_id": buyer, "ticket_id": ticket},
+        wanted=(wanted,),
     )
 
 

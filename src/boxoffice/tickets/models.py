@@ -74,6 +74,10 @@ class Ticket(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # The original demo's clients know tickets by UUID (DESIGN.md, compatibility contract).
+    public_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), server_default=text("gen_random_uuid()"), unique=True
+    )
     event_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("events.id", ondelete="CASCADE")
     )

@@ -1,14 +1,17 @@
 import uuid
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Response
 
 from boxoffice.dependencies import AppSettings, Engine, page_size
-from boxoffice.errors import problem_responses
+from boxoffice.errors import BoxofficeError, problem_responses
 from boxoffice.reservations import service as reservations
 from boxoffice.tickets import service
 from boxoffice.tickets.models import TicketStatus
 from boxoffice.tickets.schemas import (
+    DemoTicketList,
+    DemoTicketOut,
     SeedReserveRequest,
     SeedReserveResponse,
     TicketOut,
@@ -18,6 +21,9 @@ from boxoffice.tickets.schemas import (
 router = APIRouter(tags=["tickets"])
 
 TicketCursor = Annotated[int | None, Query(ge=1, le=2**63 - 1)]
+
+# What the original demo's clients print for a refusal (its own words, near enough).
+_REFUSAL_MESSAGES = {404: "No such ticket.", 409: "Ticket not available."}
 
 
 @router.get(
@@ -51,9 +57,10 @@ async def list_event_tickets(
 
 @router.get(
     "/tickets",
-    summary="All tickets by id (the seed demo's endpoint)",
-    description="A plain list, as the seed demo returned; the next page's cursor is in the "
-    "`X-Next-After` header.",
+    summary="All tickets by id (the original demo's endpoint)",
+    description='`{"data": [...], "next": ...}` as the original demo answered: each '
+    "ticket's `id` is its public UUID. Follow `next` for the next page; the next page's cursor "
+    "is also in the `X-Next-After` header.",
     responses=problem_responses(422, 503),
 )
 async def list_tickets(
@@ -62,18 +69,22 @@ async def list_tickets(
     response: Response,
     limit: Annotated[int, Query(ge=1)] = 100,
     after: TicketCursor = None,
-) -> list[TicketOut]:
+) -> DemoTicketList:
     rows, next_after = await service.list_all_tickets(
         engine, limit=page_size(limit, settings), after=after
     )
+    next_page = None
     if next_after is not None:
         response.headers["X-Next-After"] = str(next_after)
-    return [TicketOut.from_row(row, row.currency) for row in rows]
+        next_page = f"/tickets?{urlencode({'limit': limit, 'after': next_after})}"
+    return DemoTicketList(data=[DemoTicketOut.from_row(row) for row in rows], next=next_page)
 
 
 @router.patch(
     "/tickets/reserve",
-    summary="Reserve one ticket (the seed demo's endpoint)",
+    summary="Reserve one ticket (the original demo's endpoint)",
+    description="The ticket may be named by its UUID (as the original demo's clients do) or "
+    "its id. Answers carry a `message`, as the demo's did, refusals included.",
     responses=problem_responses(
         404,
         409,
@@ -89,16 +100,26 @@ async def list_tickets(
 async def reserve_ticket(
     body: SeedReserveRequest, engine: Engine, settings: AppSettings
 ) -> SeedReserveResponse:
-    event_id = await service.event_of_ticket(engine, ticket_id=body.ticket_id)
-    hold = await reservations.reserve_tickets(
-        engine,
-        event_id=event_id,
-        ticket_ids=[body.ticket_id],
-        customer=str(body.user_id),
-        nowait=settings.lock_timeout_ms == 0,
-    )
+    try:
+        ticket = await service.find_ticket(engine, ticket=body.ticket_id)
+        hold = await reservations.reserve_tickets(
+            engine,
+            event_id=ticket.event_id,
+            ticket_ids=[ticket.id],
+            customer=str(body.user_id),
+            nowait=settings.lock_timeout_ms == 0,
+        )
+    except BoxofficeError as refusal:
+        # The demo's clients print `message`; problem+json allows extension members.
+        refusal.extensions.setdefault(
+            "message", _REFUSAL_MESSAGES.get(refusal.status, refusal.detail)
+        )
+        raise
     return SeedReserveResponse(
+        message="Ticket reserved. Pay for it before the hold expires to keep it.",
         ticket_id=body.ticket_id,
+        ticket_public_id=ticket.public_id,
+        internal_id=ticket.id,
         user_id=body.user_id,
         status=TicketStatus.reserved,
         reservation_id=hold.reservation_id,

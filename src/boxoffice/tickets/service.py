@@ -1,6 +1,7 @@
 """Reading tickets: keyset pages in seat order, with expired holds shown as available."""
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
@@ -69,14 +70,15 @@ async def list_event_tickets(
 async def list_all_tickets(
     engine: AsyncEngine, *, limit: int, after: int | None
 ) -> tuple[list[Any], int | None]:
-    """Every ticket of every event by id: the seed demo's `GET /tickets`."""
+    """Every ticket of every event by id, with its public UUID and event name: the original
+    demo's `GET /tickets`."""
     params: dict[str, Any] = {"limit": limit + 1, "after": after or 0}
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
                 text(
-                    f"SELECT {TICKET_COLUMNS}, e.currency FROM tickets t"
-                    " JOIN events e ON e.id = t.event_id"
+                    f"SELECT {TICKET_COLUMNS}, t.public_id, e.currency, e.name AS event_name"
+                    " FROM tickets t JOIN events e ON e.id = t.event_id"
                     " WHERE t.id > :after ORDER BY t.id LIMIT :limit"
                 ),
                 params,
@@ -87,13 +89,23 @@ async def list_all_tickets(
     return list(rows), (rows[-1].id if more else None)
 
 
-async def event_of_ticket(engine: AsyncEngine, *, ticket_id: int) -> uuid.UUID:
+@dataclass(frozen=True)
+class TicketRef:
+    id: int
+    public_id: uuid.UUID
+    event_id: uuid.UUID
+
+
+async def find_ticket(engine: AsyncEngine, *, ticket: int | uuid.UUID) -> TicketRef:
+    """A ticket by its internal id or its public UUID (the original demo's clients use UUIDs)."""
+    column = "public_id" if isinstance(ticket, uuid.UUID) else "id"
     async with engine.connect() as conn:
-        event_id = (
+        row = (
             await conn.execute(
-                text("SELECT event_id FROM tickets WHERE id = :id"), {"id": ticket_id}
+                text(f"SELECT id, public_id, event_id FROM tickets WHERE {column} = :ticket"),
+                {"ticket": ticket},
             )
-        ).scalar()
-    if event_id is None:
-        raise NotFound(f"no ticket {ticket_id}")
-    return uuid.UUID(str(event_id))
+        ).first()
+    if row is None:
+        raise NotFound(f"no ticket {ticket}")
+    return TicketRef(id=row.id, public_id=row.public_id, event_id=row.event_id)

@@ -36,7 +36,8 @@ class ShopPage:
 async def list_events(
     engine: AsyncEngine, *, limit: int, after: uuid.UUID | None
 ) -> tuple[list[EventCard], uuid.UUID | None]:
-    rows, next_after = await events.list_events(engine, limit=limit, after=after)
+    # The storefront offers what can still be attended; the original demo's events are past.
+    rows, next_after = await events.list_events(engine, limit=limit, after=after, upcoming=True)
     return [event_card(row) for row in rows], next_after
 
 
