@@ -32,6 +32,8 @@ from boxoffice.migrate import upgrade
 
 ADMIN_TOKEN = "test-admin-" + secrets.token_urlsafe(16)
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+# The live servers' server secret, so tests can find a key's stored hash.
+SERVER_SECRET = "test-server-secret-" + secrets.token_urlsafe(24)
 
 
 def with_database(url: str, name: str) -> str:
@@ -137,6 +139,7 @@ def serving(database_url: str, log_path: Path, *, workers: int = 2, **env: str) 
         **os.environ,
         "DATABASE_URL": database_url,
         "ADMIN_TOKEN": ADMIN_TOKEN,
+        "SERVER_SECRET": SERVER_SECRET,
         "SWEEP_INTERVAL_SECONDS": "0",
         **env,
     }

@@ -74,7 +74,13 @@ def check_lifecycle(data_dir: Path, log: Path) -> None:
     # First run: the demo events are seeded and two workers share one server.
     with serve_embedded(data_dir, log) as (process, url):
         events = httpx.get(url + "/events").json()["items"]
-        assert [event["name"] for event in events] == ["Boxoffice Demo Night", "Open Air Festival"]
+        # The original demo's two events (dated in its past) first, then boxoffice's own.
+        assert [event["name"] for event in events] == [
+            "Event #1",
+            "Event #2",
+            "Boxoffice Demo Night",
+            "Open Air Festival",
+        ]
         postgres = _postmaster_pid(pgdata)
         assert postgres is not None and _alive(postgres)
         token = (data_dir / "admin_token").read_text().strip()
@@ -93,7 +99,7 @@ def check_lifecycle(data_dir: Path, log: Path) -> None:
     # Third run: comes up on the same data, keeps it, and still stops cleanly.
     with serve_embedded(data_dir, log) as (process, url):
         events = httpx.get(url + "/events").json()["items"]
-        assert len(events) == 2, "data survives restarts and is not seeded twice"
+        assert len(events) == 4, "data survives restarts and is not seeded twice"
         assert (data_dir / "admin_token").read_text().strip() == token
         postgres = _postmaster_pid(pgdata)
         assert postgres is not None

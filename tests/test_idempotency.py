@@ -3,6 +3,7 @@ replays the first answer, a reused key with another body is refused, and concurr
 with one key make one effect."""
 
 import asyncio
+import hashlib
 import uuid
 from typing import Any
 
@@ -10,13 +11,19 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from boxoffice.reservations.service import free_expired_holds
-from tests.conftest import ADMIN, EventFactory, assert_invariants, ticket_ids
+from boxoffice.idempotency import key_hash, request_hash
+from boxoffice.reservations.schemas import ReservationCreate
+from boxoffice.reservations.service import free_expired_holds, token_for_key
+from tests.conftest import ADMIN, SERVER_SECRET, EventFactory, assert_invariants, ticket_ids
 from tests.test_lifecycle import assert_problem, bearer
 
 CONCURRENT = 20
-# The database keeps only the key's SHA-256, in hex.
-KEY_HASH = "encode(sha256(convert_to(:key, 'UTF8')), 'hex')"
+# The database keeps only the key's HMAC under the server secret, in hex.
+KEY_HASH = ":key_hash"
+
+
+def stored_hash(key: str) -> str:
+    return key_hash(SERVER_SECRET.encode(), key)
 
 
 def keyed(key: str, headers: dict[str, str] | None = None) -> dict[str, str]:
@@ -215,7 +222,7 @@ async def test_a_key_older_than_a_day_is_not_replayed(
                 "UPDATE idempotency_keys SET created_at = now() - interval '24 hours 1 second'"
                 f" WHERE key_hash = {KEY_HASH}"
             ),
-            {"key": key},
+            {"key_hash": stored_hash(key)},
         )
         assert aged.rowcount == 1
     # Even a different body: the old answer is forgotten, not compared.
@@ -269,12 +276,12 @@ async def test_the_sweeper_deletes_expired_keys_only(
                 "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'"
                 f" WHERE key_hash = {KEY_HASH}"
             ),
-            {"key": old},
+            {"key_hash": stored_hash(old)},
         )
     await free_expired_holds(engine, batch_size=1000)
     left = f"SELECT count(*) FROM idempotency_keys WHERE key_hash = {KEY_HASH}"
-    assert await count(engine, left, key=old) == 0
-    assert await count(engine, left, key=fresh) == 1
+    assert await count(engine, left, key_hash=stored_hash(old)) == 0
+    assert await count(engine, left, key_hash=stored_hash(fresh)) == 1
 
 
 async def test_the_database_keeps_neither_the_key_nor_the_token(
@@ -296,7 +303,7 @@ async def test_the_database_keeps_neither_the_key_nor_the_token(
                     "SELECT idempotency_keys::text AS everything FROM idempotency_keys"
                     f" WHERE key_hash = {KEY_HASH}"
                 ),
-                {"key": key},
+                {"key_hash": stored_hash(key)},
             )
         ).scalar_one()
     assert key not in row and token not in row
@@ -309,3 +316,74 @@ async def test_the_database_keeps_neither_the_key_nor_the_token(
     # Another key (or the same key for another request) gets a hold with another token.
     other = await post_reserve(client, event["id"], body, str(uuid.uuid4()))
     assert other.status_code == 201 and other.json()["token"] != token
+
+
+async def test_guessable_keys_are_refused(
+    client: httpx.AsyncClient, make_event: EventFactory, engine: AsyncEngine
+) -> None:
+    """A key is a bearer secret for its answer: one a bot could guess (short, or not from a
+    random alphabet) is a 422 before anything is held."""
+    event = await make_event()
+    body = {"quantity": 1, "customer": "a"}
+    before = await reservations_of(engine, event["id"])
+    for weak in (b"1", b"a" * 21, b"order 42 of ada@example.com", "é".encode() * 30):
+        response = await client.post(
+            f"/events/{event['id']}/reservations", json=body, headers={"Idempotency-Key": weak}
+        )
+        assert_problem(response, 422, "invalid-request")
+    assert await reservations_of(engine, event["id"]) == before
+    strong = await post_reserve(client, event["id"], body, "A1b2C3d4E5f6G7h8I9j0_-")
+    assert strong.status_code == 201, strong.text
+
+
+async def test_a_backup_can_neither_match_a_key_nor_compute_a_token(
+    client: httpx.AsyncClient, make_event: EventFactory, engine: AsyncEngine
+) -> None:
+    """The stored hash is peppered with the server secret, and so is a keyed hold's token:
+    knowing the key and the body (or holding a backup) is not enough to compute either."""
+    event = await make_event()
+    key = str(uuid.uuid4())
+    body = {"quantity": 1, "customer": "ada@example.com"}
+    first = await post_reserve(client, event["id"], body, key)
+    assert first.status_code == 201, first.text
+    async with engine.connect() as conn:
+        stored = set(
+            (await conn.execute(text("SELECT key_hash FROM idempotency_keys"))).scalars().all()
+        )
+    assert stored_hash(key) in stored
+    assert hashlib.sha256(key.encode()).hexdigest() not in stored
+    scope = f"POST /events/{{event_id}}/reservations {event['id']}"
+    fingerprint = request_hash(ReservationCreate.model_validate(body))
+    # The token under a secret other than the server's (e.g. the key itself) is not it.
+    for guess in (key.encode(), b"", b"boxoffice"):
+        assert token_for_key(guess, key, scope, fingerprint) != first.json()["token"]
+    assert token_for_key(SERVER_SECRET.encode(), key, scope, fingerprint) == first.json()["token"]
+
+
+async def test_a_replay_reports_the_hold_as_it_is_now(
+    client: httpx.AsyncClient, make_event: EventFactory, engine: AsyncEngine
+) -> None:
+    event = await make_event()
+    paid_key, released_key = str(uuid.uuid4()), str(uuid.uuid4())
+    paid = await post_reserve(client, event["id"], {"quantity": 1, "customer": "a"}, paid_key)
+    released = await post_reserve(
+        client, event["id"], {"quantity": 1, "customer": "b"}, released_key
+    )
+    assert paid.status_code == released.status_code == 201
+    confirmed = await client.post(
+        f"/reservations/{paid.json()['id']}/confirm",
+        json={"payment_reference": "pay_1"},
+        headers=bearer(paid.json()["token"]),
+    )
+    assert confirmed.status_code == 200, confirmed.text
+    gone = await client.delete(
+        f"/reservations/{released.json()['id']}", headers=bearer(released.json()["token"])
+    )
+    assert gone.status_code == 204
+
+    again = await post_reserve(client, event["id"], {"quantity": 1, "customer": "a"}, paid_key)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == {**paid.json(), "status": "confirmed"}
+    again = await post_reserve(client, event["id"], {"quantity": 1, "customer": "b"}, released_key)
+    assert again.json() == {**released.json(), "status": "released"}
+    await assert_invariants(engine, event["id"])

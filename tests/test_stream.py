@@ -4,6 +4,7 @@ after the listening connection drops; big sweeps split into notifications that f
 
 import asyncio
 import json
+import re
 import signal
 import time
 import uuid
@@ -32,6 +33,23 @@ from tests.test_state_machine import move_expiry_into_the_past
 WAIT_SECONDS = 15.0
 
 
+_RUN = re.compile(r"([a-z-])(\d*)")
+_RUN_STATUS = {"a": "available", "r": "reserved", "b": "booked"}
+
+
+def snapshot_statuses(snapshot: dict[str, Any]) -> dict[int, str]:
+    """Every ticket's status from a snapshot's runs: from id `first` on, a letter and how many
+    ids in a row have it (`-`: ids that are not tickets of the event)."""
+    statuses: dict[int, str] = {}
+    ticket_id = snapshot["first"]
+    for letter, digits in _RUN.findall(snapshot["runs"]):
+        count = int(digits) if digits else 1
+        if letter != "-":
+            statuses.update(dict.fromkeys(range(ticket_id, ticket_id + count), _RUN_STATUS[letter]))
+        ticket_id += count
+    return statuses
+
+
 @dataclass
 class Message:
     kind: str
@@ -56,7 +74,10 @@ class Stream:
                     data += line.removeprefix("data: ")
                 elif line == "" and data:
                     body: dict[str, Any] = json.loads(data)
-                    tickets = {int(i): status for i, status in body["tickets"]}
+                    if kind == "snapshot":
+                        tickets = snapshot_statuses(body)
+                    else:
+                        tickets = {int(i): status for i, status in body["tickets"]}
                     return Message(kind, body["event_id"], tickets)
             raise AssertionError("the stream ended")
 

@@ -3,44 +3,135 @@
 import argparse
 import asyncio
 import os
-import secrets
+import socket
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from boxoffice.config import Settings, get_settings
+from boxoffice.credentials import admin_token
+from boxoffice.supervision import Stopped, stop_on_signals
+
+
+class DatabaseUnusable(Exception):
+    """The configured database cannot be used; the message says which setting and why."""
+
+
+def _masked(url: str) -> str:
+    """The URL with its password (in the user part or a `password=` parameter) hidden."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unreadable URL)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, hostinfo = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{hostinfo}"
+    query = "&".join(
+        f"{field.split('=', 1)[0]}=***" if field.lower().startswith("password=") else field
+        for field in parts.query.split("&")
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _passwords(url: str, settings: Settings) -> set[str]:
+    """Every spelling of a password the URL or the settings hold, to keep out of messages."""
+    found = {settings.postgres_password or ""}
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is not None:
+        userinfo = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""
+        if ":" in userinfo:
+            found.add(userinfo.split(":", 1)[1])
+        for field in parts.query.split("&"):
+            if field.lower().startswith("password="):
+                found.add(field.split("=", 1)[1])
+    found |= {unquote(password) for password in found}
+    return {password for password in found if password}
+
+
+def _database_setting(settings: Settings) -> tuple[str, str]:
+    """Where the database URL came from (DATABASE_URL, or the POSTGRES_* variables), and
+    which setting to unset for the embedded PostgreSQL."""
+    if settings.postgres_host:
+        rebuilt = Settings.model_validate({**settings.model_dump(), "database_url": None})
+        if rebuilt.database_url == settings.database_url:
+            names = "POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB"
+            return names, "POSTGRES_HOST"
+    return "DATABASE_URL", "DATABASE_URL"
+
+
+def _cause(error: BaseException) -> str:
+    """One line on why connecting failed, from the innermost error."""
+    for _ in range(20):  # a chain is short; never loop on a cyclic one
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
+    if isinstance(error, socket.gaierror):
+        return f"the host name does not resolve ({error.strerror})"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused: no PostgreSQL listens there"
+    if isinstance(error, TimeoutError):
+        return "no answer in time: is the host reachable and PostgreSQL running?"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error).splitlines()[0] if str(error) else ""
+    return text or type(error).__name__
+
+
+def _check_database(settings: Settings) -> None:
+    """Connect once, the way the service does, so a bad setting is one clear message."""
+    from sqlalchemy import text
+
+    from boxoffice.database import create_engine
+
+    url = settings.database_url
+    assert url is not None
+
+    async def connect() -> None:
+        engine = create_engine(settings, pool_size=1)
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(connect())
+    except Exception as error:
+        cause = _cause(error).replace(url, _masked(url))
+        for password in _passwords(url, settings):
+            cause = cause.replace(password, "***")
+        setting, to_unset = _database_setting(settings)
+        raise DatabaseUnusable(
+            f"boxoffice: cannot use the database in {setting} ({_masked(url)}):\n"
+            f"boxoffice: {cause}\n"
+            f"boxoffice: fix that, or unset {to_unset} to use the embedded PostgreSQL"
+        ) from None
 
 
 @contextmanager
 def database(settings: Settings) -> Iterator[str]:
     """The configured database URL, or a private embedded server for as long as we run."""
     if settings.database_url is not None:
+        _check_database(settings)
         yield settings.database_url
         return
     from boxoffice.embedded import embedded_postgres
 
+    # A stop signal must unwind to the `with` below, which stops the server.
+    stop_on_signals()
     print(f"boxoffice: no DATABASE_URL, starting the embedded PostgreSQL in {settings.data_dir}/")
     with embedded_postgres(settings.data_dir) as url:
         # So other tools (`boxoffice simulate --database-url`, psql) can find the running server.
         (settings.data_dir / "database_url").write_text(url + "\n")
         yield url
-
-
-def _admin_token(settings: Settings) -> str:
-    """ADMIN_TOKEN, or one generated for this data folder and kept there (never a default)."""
-    if settings.admin_token:
-        return settings.admin_token
-    path = settings.data_dir / "admin_token"
-    if path.exists():
-        token = path.read_text().strip()
-        print(f"boxoffice: admin token is in {path}")
-        return token
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(24)
-    path.touch(mode=0o600)
-    path.write_text(token + "\n")
-    print(f"boxoffice: generated an admin token (kept in {path}): {token}")
-    return token
 
 
 async def _seed(url: str, settings: Settings, *, force: bool = False) -> int:
@@ -61,11 +152,22 @@ def _migrate(url: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import shutil
-    import tempfile
+    # Stopped by a signal, everything cleaned up on the way out: a normal end.
+    with suppress(Stopped, KeyboardInterrupt):
+        _serve(args, settings)
+    return 0
 
+
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
+    from boxoffice.server import uvicorn_options
+    from boxoffice.supervision import metrics_folder, supervise_workers
+
+    # SIGTERM and SIGHUP unwind to the `finally`s that stop the embedded database and remove
+    # the metrics folder; the workers stop with this process, also if it is killed with -9.
+    stop_on_signals()
+    supervise_workers()
     with database(settings) as url:
         _migrate(url)
         created = asyncio.run(_seed(url, settings))
@@ -73,14 +175,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             print(f"boxoffice: seeded {created} demo events")
         # Workers are fresh processes: they read the database and token from the environment.
         os.environ["DATABASE_URL"] = url
-        os.environ["ADMIN_TOKEN"] = _admin_token(settings)
+        os.environ["ADMIN_TOKEN"] = admin_token(settings)
         get_settings.cache_clear()
         print(f"boxoffice: serving on http://{args.host}:{args.port} (docs at /docs)", flush=True)
         # The workers' metrics meet in a folder of this serve's own, set before any worker
         # imports prometheus_client; /metrics from any worker then reports the sum.
-        metrics_dir = tempfile.mkdtemp(prefix="boxoffice-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        try:
+        with metrics_folder(settings.data_dir) as metrics_dir:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
             uvicorn.run(
                 "boxoffice.main:create_app",
                 factory=True,
@@ -88,13 +189,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 port=args.port,
                 workers=args.workers,
                 log_level=args.log_level,
-                # Live streams never end by themselves: on stop, give requests this long to
-                # finish, then close what is still open (browsers reconnect elsewhere).
-                timeout_graceful_shutdown=5,
+                **uvicorn_options(settings),
             )
-        finally:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -244,7 +340,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"boxoffice: bad configuration: {error}", file=sys.stderr)
         return 2
     handler = args.handler
-    return int(handler(args, settings))
+    try:
+        return int(handler(args, settings))
+    except DatabaseUnusable as error:
+        print(error, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

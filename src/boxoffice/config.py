@@ -8,6 +8,10 @@ from urllib.parse import quote
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The most MAX_TICKETS_PER_HOLD may be: request schemas bound their lists by it, so a body
+# cannot make the server validate (and report on) thousands of items.
+TICKETS_PER_HOLD_CEILING = 100
+
 
 class Settings(BaseSettings):
     # Empty values (`ADMIN_TOKEN=` in .env) mean "unset", not "the empty string".
@@ -22,12 +26,22 @@ class Settings(BaseSettings):
     postgres_db: str | None = None
     postgres_host: str | None = None
     postgres_port: int = 5432
+    # The schema owner, for migrations only; the service itself connects as DATABASE_URL, which
+    # should be a role that may only read and write rows (boxoffice.roles). Unset: DATABASE_URL
+    # migrates too. The embedded default sets up both roles by itself.
+    migrate_database_url: str | None = None
 
     # Where the embedded PostgreSQL keeps its data when no database is configured.
     data_dir: Path = Path(".boxoffice")
 
-    # Without one, `boxoffice serve` generates a token and prints it once.
+    # Without one, the data folder's own is used (generated once, shown once on the terminal).
     admin_token: str | None = Field(default=None, min_length=16)
+    # Keys idempotency key hashes and keyed holds' tokens, so that a database backup alone
+    # can neither find a key nor compute a token. Without one, the data folder's own; every
+    # server of one database must share it. Never stored in the database.
+    server_secret: str | None = Field(default=None, min_length=32)
+    # Bearer token for GET /metrics; unset, /metrics is open (fine on a private network).
+    metrics_token: str | None = Field(default=None, min_length=16)
 
     hold_seconds: int = Field(default=300, ge=1, le=86_400)
     # How long a reservation waits for a row another buyer is locking; 0 means NOWAIT.
@@ -45,15 +59,41 @@ class Settings(BaseSettings):
 
     sweep_interval_seconds: float = Field(default=5.0, ge=0)
     sweep_batch_size: int = Field(default=1000, ge=1)
+    # Holds that ended unsold (released, expired) are deleted by the sweeper with their ticket
+    # links and audit rows this long after they ended; 0 keeps them forever. Bookings and
+    # their history are always kept (boxoffice.retention). At most 100 years.
+    history_retention_hours: int = Field(default=168, ge=0, le=876_000)
 
     max_tickets_per_event: int = Field(default=200_000, ge=1)
-    max_tickets_per_hold: int = Field(default=10, ge=1)
+    max_tickets_per_hold: int = Field(default=10, ge=1, le=TICKETS_PER_HOLD_CEILING)
     max_page_size: int = Field(default=500, ge=1)
 
     # `text` (uvicorn's usual lines) or `json` (one object per line, with the request id).
     log_format: Literal["text", "json"] = "text"
     # Larger request bodies are refused with 413 before they are parsed.
     max_body_bytes: int = Field(default=1_048_576, ge=1)
+
+    # Hostile traffic (docs/operations.md, "Hostile traffic"): enforced by boxoffice.server's
+    # HTTP protocol and the body cap in boxoffice.middleware.
+    # Buyer endpoints' bodies are a few hundred bytes; only POST /events may use MAX_BODY_BYTES.
+    max_buyer_body_bytes: int = Field(default=16_384, ge=1)
+    # Request line and headers together; larger is a 431 before anything parses them.
+    max_header_bytes: int = Field(default=32_768, ge=1024)
+    # From connecting (or the previous response) to a complete request head; then for the body.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Open connections per worker (also bounded by the open-file limit); at the cap, idle ones
+    # are closed first, and a worker whose connections are all busy answers 503.
+    max_connections_per_worker: int = Field(default=4096, ge=16)
+
+    # Live streams (GET /events/{id}/stream; docs/operations.md, "Live streams"). Beyond a
+    # cap a stream is refused: 503 when the worker has MAX_STREAMS_PER_WORKER open, 429 when
+    # the client (its address as uvicorn reports it) has MAX_STREAMS_PER_CLIENT open.
+    max_streams_per_worker: int = Field(default=1000, ge=1)
+    max_streams_per_client: int = Field(default=20, ge=1)
+    # Snapshots are read on a pool of their own, so streams never take the connections buyers
+    # and the sweeper need (per worker, on top of POOL_SIZE).
+    stream_snapshot_connections: int = Field(default=2, ge=1)
 
     @model_validator(mode="after")
     def _url_from_postgres_vars(self) -> "Settings":

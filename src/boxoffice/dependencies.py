@@ -51,6 +51,20 @@ async def require_admin(
         raise Forbidden("that is not the admin token")
 
 
+async def require_metrics_token(
+    token: Annotated[str | None, Depends(bearer_token)],
+    settings: Annotated[Settings, Depends(get_app_settings)],
+) -> None:
+    """With METRICS_TOKEN set, /metrics wants it as a bearer token; unset, /metrics is open."""
+    expected = settings.metrics_token
+    if expected is None:
+        return
+    if not token:
+        raise Unauthorized("send the metrics token as `Authorization: Bearer <METRICS_TOKEN>`")
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Forbidden("that is not the metrics token")
+
+
 def page_size(limit: int, settings: Settings) -> int:
     """A listing's `limit`, refused (not silently cut) above MAX_PAGE_SIZE."""
     if limit > settings.max_page_size:

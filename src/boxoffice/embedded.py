@@ -2,12 +2,19 @@
 
 Only the process that runs `boxoffice serve` (or a test session) owns the server: it
 starts it before any worker exists and stops it when it exits. Workers just connect.
+
+An owner killed with -9 leaves the server running; the next owner of the same data folder
+forgets the dead one and adopts that server (same data, same socket), then stops it when
+it exits in turn. A stop signal while the server starts or stops is held until that is done,
+so it cannot leave a server nobody will stop.
 """
 
 import asyncio
 import json
 import logging
 import os
+import signal
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +61,30 @@ async def _ensure_database(server_url: str, name: str) -> None:
 
 
 @contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold SIGTERM, SIGINT and SIGHUP until the block is done, then let them act as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous: dict[signal.Signals, Any] = {}
+    for signum in stop_signals:
+        handler = signal.getsignal(signum)
+        if handler is signal.SIG_IGN or handler is None:
+            continue  # ignored stays ignored; None: not installed from Python, leave it
+        previous[signum] = handler
+        signal.signal(signum, lambda received, frame: held.append(received))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for received in dict.fromkeys(held):
+            signal.raise_signal(received)
+
+
+@contextmanager
 def embedded_postgres(data_dir: Path, database: str = DATABASE_NAME) -> Iterator[str]:
     """Start (or reuse) the private server under `data_dir`; yield a postgresql:// URL to it."""
     # Imported here: the wheel is only needed when no external database is configured.
@@ -70,16 +101,20 @@ def embedded_postgres(data_dir: Path, database: str = DATABASE_NAME) -> Iterator
     saved_locale = {key: os.environ.get(key) for key in ("LC_ALL", "LANG")}
     os.environ["LC_ALL"] = "C"
     os.environ["LANG"] = "C"
+    server: Any = None
     try:
-        server: Any = get_server(pgdata, cleanup_mode="stop")
-    finally:
-        for key, value in saved_locale.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    try:
+        with _stop_signals_held():
+            try:
+                server = get_server(pgdata, cleanup_mode="stop")
+            finally:
+                for key, value in saved_locale.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
         asyncio.run(_ensure_database(server.get_uri("postgres"), database))
         yield server.get_uri(database)
     finally:
-        server.cleanup()
+        if server is not None:
+            with _stop_signals_held():
+                server.cleanup()

@@ -17,6 +17,8 @@ from starlette.routing import compile_path
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# Validation errors listed in a 422; the rest are only counted.
+REPORTED_VALIDATION_ERRORS = 5
 TYPE_BASE = "https://boxoffice.dev/problems/"
 
 
@@ -163,7 +165,12 @@ class Problem(BaseModel):
     status: int = Field(ge=400, le=599, examples=[409])
     detail: str = Field(examples=["1 of the requested tickets are already held or sold"])
     errors: list[FieldError] | SkipJsonSchema[None] = Field(
-        default=None, description="`invalid-request` from validation: what is wrong, where."
+        default=None,
+        description="`invalid-request` from validation: what is wrong, where (the first "
+        f"{REPORTED_VALIDATION_ERRORS}).",
+    )
+    errors_omitted: int | SkipJsonSchema[None] = Field(
+        default=None, description="`invalid-request`: how many more errors `errors` leaves out."
     )
     ticket_ids: list[int] | SkipJsonSchema[None] = Field(
         default=None, description="`tickets-unavailable`, `unknown-tickets`: which tickets."
@@ -288,12 +295,22 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        found = exc.errors()
+        # A body can be wrong in thousands of places (one per item or unknown key): the answer
+        # names the first few and counts the rest, so it stays small whatever was sent.
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in exc.errors()
+            for e in found[:REPORTED_VALIDATION_ERRORS]
         ]
+        omitted = len(found) - len(errors)
+        extra: dict[str, Any] = {"errors_omitted": omitted} if omitted else {}
         return problem(
-            422, "invalid-request", "The request is not valid", _summary(errors), errors=errors
+            422,
+            "invalid-request",
+            "The request is not valid",
+            _summary(errors, len(found)),
+            errors=errors,
+            **extra,
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -401,10 +418,11 @@ def _database_problem(code: str | None, invalidated: bool) -> JSONResponse:
     return problem(500, "internal-error", "Internal error", "an unexpected error occurred")
 
 
-def _summary(errors: list[dict[str, Any]]) -> str:
+def _summary(errors: list[dict[str, Any]], total: int) -> str:
+    """The first error in words, and how many others there are (`total` counts them all)."""
     if not errors:
         return "invalid request"
     first = errors[0]
     where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    more = f" (and {total - 1} more)" if total > 1 else ""
     return f"{where}: {first['msg']}{more}"

@@ -9,13 +9,16 @@ answer at its end, so the key and the effect commit (or roll back) together:
     a 409 with the same key once the seats free up, and get a fresh attempt.
 Keys live 24 hours; an older key is ignored and overwritten by its next use.
 
-The table holds no secret a buyer sent or received: only the key's SHA-256 (a key that is a
-random UUID cannot be recovered from it), and answers with any bearer token taken out. Such
-answers get their token back at replay time from `restore` (see reservations.service's
-`token_for_key`: a keyed hold's token is derived from the key itself).
+The table holds no secret a buyer sent or received: only an HMAC of the key under the
+server secret (which the database never sees, so a backup cannot even test guesses), and
+answers with any bearer token taken out. Such answers get their token back at replay time
+from `restore` (see reservations.service's `token_for_key`: a keyed hold's token is derived
+from the key and the server secret). Keys must carry at least 128 bits: 22 or more
+base64url characters, or a UUID, so a stranger cannot guess a buyer's key and replay it.
 """
 
 import hashlib
+import hmac
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +38,10 @@ from boxoffice.errors import IdempotencyKeyReused, IdempotentReplay
 from boxoffice.pg import Statement, fetch
 
 MAX_KEY_LENGTH = 200
+# 22 base64url characters are 132 bits; a UUID (36 characters with its hyphens) has 122
+# random ones plus its fixed bits, and is what browsers make (crypto.randomUUID).
+MIN_KEY_LENGTH = 22
+KEY_PATTERN = r"^[A-Za-z0-9_-]+$"
 TTL = "24 hours"
 
 
@@ -49,7 +56,8 @@ class IdempotencyKeyRow(Base):
     # (scope, key): the scope names the endpoint and its target, so one key reused on another
     # endpoint, or on another reservation's confirm, is a new request, not a replay.
     scope: Mapped[str] = mapped_column(Text, primary_key=True)
-    # Hex SHA-256 of the Idempotency-Key: the key itself is the client's secret.
+    # Hex HMAC-SHA-256 of the Idempotency-Key under the server secret: the key itself is the
+    # client's secret, and without the server's a hash cannot be matched to a guess.
     key_hash: Mapped[str] = mapped_column(Text, primary_key=True)
     request_hash: Mapped[bytes] = mapped_column(LargeBinary)
     # NULL while the first request's transaction runs; never committed as NULL.
@@ -63,6 +71,8 @@ class IdempotencyRequest:
     """One keyed request: where it applies, what it asked, and how its answer is rendered."""
 
     key: str
+    # The server secret the key's stored hash is keyed with.
+    secret: bytes
     scope: str
     request_hash: bytes
     status_code: int
@@ -87,10 +97,11 @@ async def idempotency_key(
         str | None,
         Header(
             alias="Idempotency-Key",
-            min_length=1,
+            min_length=MIN_KEY_LENGTH,
             max_length=MAX_KEY_LENGTH,
-            pattern=r"^[\x20-\x7e]+$",
-            description="Optional, 1-200 printable ASCII characters (a UUID is ideal). Retrying"
+            pattern=KEY_PATTERN,
+            description="Optional: a random UUID, or 22-200 base64url characters (at least 128"
+            " random bits: whoever knows the key and the body can replay the answer). Retrying"
             " with the same key and body replays the first answer (header"
             " `Idempotent-Replayed: true`) for 24 hours; the same key with another body is a"
             " 422. Refusals (4xx) are not stored, so they may be retried with the same key.",
@@ -166,8 +177,13 @@ def _replay_or_refuse(request: IdempotencyRequest, stored: Any) -> IdempotentRep
     return IdempotentReplay(stored["status_code"], body)
 
 
+def key_hash(secret: bytes, key: str) -> str:
+    """What the database stores for a key: an HMAC under the server secret (the pepper)."""
+    return hmac.new(secret, b"idempotency key\0" + key.encode(), hashlib.sha256).hexdigest()
+
+
 def _params(request: IdempotencyRequest) -> dict[str, Any]:
-    return {"scope": request.scope, "key_hash": hashlib.sha256(request.key.encode()).hexdigest()}
+    return {"scope": request.scope, "key_hash": key_hash(request.secret, request.key)}
 
 
 async def claim(conn: AsyncConnection, request: IdempotencyRequest) -> None:

@@ -5,7 +5,6 @@ import contextlib
 import gc
 import inspect
 import logging
-import secrets
 import signal
 import threading
 from collections.abc import AsyncIterator
@@ -13,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -21,7 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice import __version__, metrics
 from boxoffice.config import Settings, get_settings
+from boxoffice.credentials import admin_token, server_secret
 from boxoffice.database import create_engine
+from boxoffice.dependencies import require_metrics_token
+from boxoffice.docs import install_docs
 from boxoffice.errors import (
     BoxofficeError,
     install_error_handlers,
@@ -38,6 +40,7 @@ from boxoffice.logs import configure_logging
 from boxoffice.middleware import OpsMiddleware
 from boxoffice.reservations.router import router as reservations_router
 from boxoffice.reservations.service import sweep_all
+from boxoffice.supervision import watch_parent
 from boxoffice.tickets.router import router as tickets_router
 from boxoffice.web import install_web
 
@@ -129,9 +132,11 @@ def _end_streams_on_stop_signal(feed: TicketFeed) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_format)
-    if settings.admin_token is None:
-        settings.admin_token = secrets.token_urlsafe(24)
-        logger.warning("ADMIN_TOKEN is not set; this process uses %s", settings.admin_token)
+    # Workers started without `boxoffice serve` (uvicorn --factory, gunicorn) agree on the data
+    # folder's token and secret instead of each inventing its own.
+    settings.admin_token = admin_token(settings)
+    if settings.server_secret is None:
+        settings.server_secret = server_secret(settings).decode()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -151,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         feed.start()
         relay.start()
         _end_streams_on_stop_signal(feed)
+        watch_parent()  # a worker of `serve --workers N` stops when its parent is gone
         try:
             yield
         finally:
@@ -170,8 +176,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "`application/problem+json`. Admin endpoints take `Authorization: Bearer <ADMIN_TOKEN>`; "
         "reservation endpoints take the reservation's token the same way.",
         lifespan=lifespan,
+        # /docs is served from the package's own assets (boxoffice.docs), never a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
+    install_docs(app)
     install_error_handlers(app)
     install_problem_schema(app)
     _count_lock_timeouts(app)
@@ -220,8 +230,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/metrics",
         tags=["ops"],
         summary="Prometheus metrics, summed over the workers",
+        description="With METRICS_TOKEN set, send it as `Authorization: Bearer <token>`.",
         # The Prometheus text format, not JSON.
         response_class=PlainTextResponse,
+        dependencies=[Depends(require_metrics_token)],
+        responses=problem_responses(401, 403),
     )
     def prometheus_metrics(request: Request) -> Response:
         # A plain def: reading the workers' sample files is blocking I/O, so a thread runs it.

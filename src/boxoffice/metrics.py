@@ -63,9 +63,24 @@ FEED_CONNECTED = Gauge(
     "Workers whose LISTEN connection for ticket changes is up",
     multiprocess_mode="livesum",
 )
+CONNECTIONS_OPEN = Gauge(
+    "boxoffice_http_connections_open",
+    "HTTP connections open, summed over live workers (sampled every second)",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS_SHED = Counter(
+    "boxoffice_http_connections_shed_total",
+    "HTTP connections the server closed or refused to protect the others, by reason",
+    ["reason"],
+)
 SWEEPER_RUNS = Counter("boxoffice_sweeper_runs_total", "Expiry sweeper runs", ["result"])
 SWEEPER_FREED_TICKETS = Counter(
     "boxoffice_sweeper_freed_tickets_total", "Tickets freed from expired holds by the sweeper"
+)
+HISTORY_PRUNED = Counter(
+    "boxoffice_sweeper_pruned_rows_total",
+    "Rows of unsold holds past HISTORY_RETENTION_HOURS the sweeper deleted, by table",
+    ["table"],
 )
 
 # The routes whose answers are reservation outcomes: (method, template) → {status: outcome}.

@@ -1,6 +1,9 @@
 """One pure ASGI middleware for every request: request id, body size cap, metrics.
 
 Kept to a few dictionary operations per request: the reservation hot path is benchmarked.
+Bodies are capped per endpoint: POST /events (an admin's event with its sections) may use
+MAX_BODY_BYTES, every other endpoint MAX_BUYER_BODY_BYTES (a buyer's body is a few hundred
+bytes; a megabyte of ticket ids is an attack, refused before anything parses it).
 It logs only refusals (a warning naming method and path, never headers: they carry tokens), and
 reads no header but Content-Length and X-Request-ID.
 """
@@ -22,14 +25,20 @@ logger = logging.getLogger(__name__)
 _SANE_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 _REQUEST_ID = b"x-request-id"
 _CONTENT_LENGTH = b"content-length"
+# On every answer: a browser must never guess a type other than the one we declare (a JSON
+# error echoing input rendered as HTML, say).
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
 # An Idempotency-Key replay repeats an earlier answer: not a new reservation outcome.
 _REPLAYED = (b"idempotent-replayed", b"true")
+# The paths whose bodies may be as large as MAX_BODY_BYTES; the rest get the buyer cap.
+_LARGE_BODY_PATHS = frozenset({"/events"})
 
 
 class OpsMiddleware:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self._buyer_cap: int | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,21 +68,24 @@ class OpsMiddleware:
                 status = message["status"]
                 headers = message.get("headers", ())
                 replayed = _REPLAYED in headers
-                message["headers"] = [*headers, rid_header]
+                message["headers"] = [*headers, rid_header, _NOSNIFF]
             await send(message)
 
         try:
             too_large = False
+            cap = 0
             if length is not None:
+                cap = self._cap(scope)
                 try:
-                    too_large = int(length) > self.max_body_bytes
+                    too_large = int(length) > cap
                 except ValueError:
                     too_large = False  # the server itself refuses a malformed Content-Length
             elif scope["method"] not in ("GET", "HEAD", "OPTIONS", "DELETE"):
                 # Streamed (chunked) body: read it up to the cap before anything parses it.
-                receive, too_large = await self._buffer(receive)
+                cap = self._cap(scope)
+                receive, too_large = await self._buffer(receive, cap)
             if too_large:
-                await self._refuse(scope, receive, send_with_id)
+                await self._refuse(scope, receive, send_with_id, cap)
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
@@ -84,7 +96,19 @@ class OpsMiddleware:
                 scope["method"], template, status, time.perf_counter() - started, replayed
             )
 
-    async def _buffer(self, receive: Receive) -> tuple[Receive, bool]:
+    def _cap(self, scope: Scope) -> int:
+        """The largest body this request's path accepts."""
+        if scope["path"] in _LARGE_BODY_PATHS:
+            return self.max_body_bytes
+        cap = self._buyer_cap
+        if cap is None:
+            # The app's own settings (create_app keeps them in app.state, as the routes read
+            # them); MAX_BODY_BYTES stays the bound for every endpoint.
+            settings = scope["app"].state.settings
+            cap = self._buyer_cap = min(self.max_body_bytes, settings.max_buyer_body_bytes)
+        return cap
+
+    async def _buffer(self, receive: Receive, cap: int) -> tuple[Receive, bool]:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -95,7 +119,7 @@ class OpsMiddleware:
                 break
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_body_bytes:
+            if size > cap:
                 return receive, True
             chunks.append(body)
             if not message.get("more_body", False):
@@ -109,12 +133,10 @@ class OpsMiddleware:
 
         return replay, False
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        logger.warning(
-            "refused %s %s: body over %d bytes", scope["method"], scope["path"], self.max_body_bytes
-        )
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, cap: int) -> None:
+        logger.warning("refused %s %s: body over %d bytes", scope["method"], scope["path"], cap)
         # Read (and drop) what the client is still sending, so it sees the answer instead of a
-        # connection reset; a client that keeps sending far past the cap is cut off instead.
+        # connection reset; a client that keeps sending far past MAX_BODY_BYTES is cut off.
         drained = 0
         more = True
         while more and drained <= 16 * self.max_body_bytes:
@@ -123,7 +145,7 @@ class OpsMiddleware:
                 return  # the client went away
             drained += len(message.get("body", b""))
             more = message.get("more_body", False)
-        error = PayloadTooLarge(f"the request body is larger than {self.max_body_bytes} bytes")
+        error = PayloadTooLarge(f"the request body is larger than {cap} bytes")
         response = problem(error.status, error.slug, error.title, error.detail)
         if more:
             response.headers["Connection"] = "close"

@@ -3,6 +3,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
+from boxoffice.credentials import server_secret
 from boxoffice.dependencies import AppSettings, Engine, page_size, require_admin
 from boxoffice.errors import problem_responses
 from boxoffice.events import service
@@ -46,6 +47,7 @@ async def create_event(
     if idempotency_key is not None:
         idempotency = IdempotencyRequest(
             key=idempotency_key,
+            secret=server_secret(settings),
             scope="POST /events",
             request_hash=request_hash(body),
             status_code=201,

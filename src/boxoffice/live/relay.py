@@ -23,13 +23,21 @@ BATCH = 500
 # Oldest first: two changes of one seat are ordered by its row lock, so the later one always
 # has the higher id and is committed after the earlier. unnest keeps the array's order, so
 # the notifications are queued in id order.
+# Each payload gets its row's id as `"change"`: PostgreSQL delivers identical payloads sent
+# on one channel in one transaction only once, and a batch often repeats one (a hold of the
+# first 100 free tickets, released, held again: the second hold's payload is the first's), so
+# without it a stream would miss changes. The trigger's payload is a json_build_object: it
+# ends with its closing brace.
 _TAKE = """
     WITH taken AS (
         DELETE FROM ticket_changes
         WHERE id IN (SELECT id FROM ticket_changes ORDER BY id LIMIT $1)
         RETURNING id, payload
     )
-    SELECT coalesce(array_agg(payload ORDER BY id), '{}') FROM taken
+    SELECT coalesce(
+        array_agg(left(payload, -1) || ', "change" : ' || id || '}' ORDER BY id), '{}'
+    )
+    FROM taken
 """
 _NOTIFY = f"SELECT count(pg_notify('{CHANNEL}', payload)) FROM unnest($1::text[]) AS payload"
 

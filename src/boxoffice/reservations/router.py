@@ -3,9 +3,12 @@ from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Response
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from boxoffice.config import Settings
+from boxoffice.credentials import server_secret
 from boxoffice.dependencies import AppSettings, Engine, HolderToken
-from boxoffice.errors import InvalidRequest, problem_responses
+from boxoffice.errors import IdempotentReplay, InvalidRequest, problem_responses
 from boxoffice.idempotency import IdempotencyKey, IdempotencyRequest, request_hash
 from boxoffice.reservations import service
 from boxoffice.reservations.schemas import (
@@ -60,19 +63,42 @@ async def reserve(
     if idempotency_key is not None:
         scope = f"POST /events/{{event_id}}/reservations {event_id}"
         fingerprint = request_hash(body)
+        secret = server_secret(settings)
         # Stored without its token, which a replay derives again from the key.
-        token = service.token_for_key(idempotency_key, scope, fingerprint)
+        token = service.token_for_key(secret, idempotency_key, scope, fingerprint)
         idempotency = IdempotencyRequest(
             key=idempotency_key,
+            secret=secret,
             scope=scope,
             request_hash=fingerprint,
             status_code=201,
             render=lambda hold: {**created_from_hold(hold).model_dump(mode="json"), "token": None},
             restore=partial(_with_token, token=token),
         )
+    try:
+        hold = await _reserve(event_id, body, engine, settings, idempotency, token)
+    except IdempotentReplay as replay:
+        # The first answer, but with the hold's status as it is now (it may have been paid,
+        # released or have expired since): a retrying client must not pay for a dead hold.
+        current = await service.reservation_status(engine, replay.body["id"])
+        if current is not None:
+            replay.body["status"] = current
+        raise
+    response.headers["Location"] = f"/reservations/{hold.reservation_id}"
+    return created_from_hold(hold)
+
+
+async def _reserve(
+    event_id: uuid.UUID,
+    body: ReservationCreate,
+    engine: AsyncEngine,
+    settings: Settings,
+    idempotency: IdempotencyRequest | None,
+    token: str | None,
+) -> service.Hold:
     if body.ticket_ids is not None:
         service.validate_ticket_ids(body.ticket_ids, settings.max_tickets_per_hold)
-        hold = await service.reserve_tickets(
+        return await service.reserve_tickets(
             engine,
             event_id=event_id,
             ticket_ids=body.ticket_ids,
@@ -85,17 +111,15 @@ async def reserve(
         assert body.quantity is not None
         if body.quantity > settings.max_tickets_per_hold:
             raise InvalidRequest(f"at most {settings.max_tickets_per_hold} tickets per hold")
-        hold = await service.reserve_best_available(
-            engine,
-            event_id=event_id,
-            quantity=body.quantity,
-            section=body.section,
-            customer=body.customer,
-            idempotency=idempotency,
-            token=token,
-        )
-    response.headers["Location"] = f"/reservations/{hold.reservation_id}"
-    return created_from_hold(hold)
+    return await service.reserve_best_available(
+        engine,
+        event_id=event_id,
+        quantity=body.quantity,
+        section=body.section,
+        customer=body.customer,
+        idempotency=idempotency,
+        token=token,
+    )
 
 
 def _with_token(stored: dict[str, Any], token: str) -> dict[str, Any]:
@@ -124,6 +148,7 @@ async def confirm(
     reservation_id: uuid.UUID,
     body: ConfirmRequest,
     engine: Engine,
+    settings: AppSettings,
     token: HolderToken,
     idempotency_key: IdempotencyKey,
 ) -> BookingOut:
@@ -131,6 +156,7 @@ async def confirm(
     if idempotency_key is not None:
         idempotency = IdempotencyRequest(
             key=idempotency_key,
+            secret=server_secret(settings),
             scope=f"POST /reservations/{{reservation_id}}/confirm {reservation_id}",
             # The token is part of the request: someone else who learns the key and the
             # reservation id gets a 422, not a replay of the holder's booking.

@@ -4,6 +4,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from boxoffice.config import TICKETS_PER_HOLD_CEILING
 from boxoffice.reservations.service import Hold, ReservationView
 from boxoffice.tickets.models import TicketStatus
 from boxoffice.tickets.schemas import TicketOut
@@ -25,7 +26,11 @@ class ReservationCreate(BaseModel):
         },
     )
 
-    ticket_ids: list[TicketId] | None = Field(default=None, min_length=1)
+    # Bounded by the ceiling of MAX_TICKETS_PER_HOLD (the service checks the setting itself):
+    # a longer list is one short 422, not one error per item.
+    ticket_ids: list[TicketId] | None = Field(
+        default=None, min_length=1, max_length=TICKETS_PER_HOLD_CEILING
+    )
     quantity: int | None = Field(default=None, strict=True, ge=1)
     section: str | None = Field(default=None, min_length=1, max_length=60)
     customer: str = Field(min_length=1, max_length=200, description="An opaque buyer reference.")

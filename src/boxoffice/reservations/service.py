@@ -45,6 +45,7 @@ from boxoffice.idempotency import (
     finish_pg,
 )
 from boxoffice.pg import Statement, driver_connection, fetch
+from boxoffice.retention import prune_history
 from boxoffice.tickets.sql import IS_AVAILABLE, TICKET_COLUMNS
 
 LOCK_NOT_AVAILABLE = "55P03"
@@ -70,15 +71,24 @@ def new_token() -> tuple[str, bytes]:
     return token, hash_token(token)
 
 
-def token_for_key(idempotency_key: str, scope: str, request_hash: bytes) -> str:
+def token_for_key(secret: bytes, idempotency_key: str, scope: str, request_hash: bytes) -> str:
     """The token of a hold made with an Idempotency-Key, derived from the key.
 
     A replay must hand the buyer the same token, yet no token may be stored. Keyed by the
-    key itself, which only the buyer and its requests know (the database keeps its hash):
-    whoever can compute this could replay the request and read the token anyway.
+    server secret, which the database never holds, over the key, which only the buyer and
+    its requests know: neither a database backup nor someone who knows the key and the body
+    can compute it offline (a replay still hands it to whoever sends the key and the body,
+    which is why keys must carry 128 random bits).
     """
-    message = b"boxoffice hold token\0" + scope.encode() + b"\0" + request_hash
-    digest = hmac.new(idempotency_key.encode(), message, hashlib.sha256).digest()
+    message = (
+        b"boxoffice hold token\0"
+        + idempotency_key.encode()
+        + b"\0"
+        + scope.encode()
+        + b"\0"
+        + request_hash
+    )
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
@@ -398,6 +408,21 @@ async def get_reservation(
         return ReservationView(reservation=row, tickets=tickets, booking=booking)
 
 
+async def reservation_status(engine: AsyncEngine, reservation_id: str) -> str | None:
+    """A reservation's status as a holder sees it now (an active hold past its expiry is
+    `expired`), for replays of its creation; None if it is gone."""
+    async with engine.connect() as conn:
+        result = await conn.execute(
+            text(
+                "SELECT CASE WHEN status = 'active' AND expires_at <= now() THEN 'expired'"
+                " ELSE status::text END FROM reservations WHERE id = CAST(:id AS uuid)"
+            ),
+            {"id": reservation_id},
+        )
+        status: str | None = result.scalar()
+    return status
+
+
 def _refuse_unless_active(row: Any) -> None:
     if row.hold_expired or row.stored_status == "expired":
         raise ReservationExpired(
@@ -590,7 +615,8 @@ class SweepResult:
 
 async def free_expired_holds(engine: AsyncEngine, *, batch_size: int) -> SweepResult:
     """Free tickets of expired holds and mark those holds expired, one batch each; and
-    delete one batch of idempotency keys past their 24 hours."""
+    delete one batch of idempotency keys past their 24 hours, and one of unsold holds past
+    HISTORY_RETENTION_HOURS (boxoffice.retention)."""
     async with engine.begin() as conn:
         tickets_freed = (await conn.execute(_FREE_EXPIRED_TICKETS, {"batch": batch_size})).scalar()
     async with engine.begin() as conn:
@@ -598,6 +624,7 @@ async def free_expired_holds(engine: AsyncEngine, *, batch_size: int) -> SweepRe
         reservations_expired = len(expired.all())
     async with engine.begin() as conn:
         await conn.execute(DELETE_EXPIRED_KEYS, {"batch": batch_size})
+    await prune_history(engine, batch_size=batch_size)
     return SweepResult(int(tickets_freed or 0), reservations_expired)
 
 

@@ -138,6 +138,19 @@
 
   // ---- the live stream ----
 
+  // A snapshot's `runs`: from ticket id `first` on, a status letter and how many ids in a row
+  // have it (no number: one); `-` skips ids that are not tickets of this event.
+  const RUN_STATUS = { a: "available", r: "reserved", b: "booked" };
+  function* snapshotStatuses(snapshot) {
+    let id = snapshot.first;
+    for (const [, letter, digits] of snapshot.runs.matchAll(/([a-z-])(\d*)/g)) {
+      const count = digits ? Number(digits) : 1;
+      const status = RUN_STATUS[letter];
+      if (status) for (let i = 0; i < count; i += 1) yield [id + i, status];
+      id += count;
+    }
+  }
+
   function showLive(state) {
     const badge = $("live");
     badge.dataset.state = state;
@@ -156,7 +169,7 @@
     source.addEventListener("open", () => showLive("on"));
     source.addEventListener("snapshot", (message) => {
       showLive("on");
-      applyStatuses(JSON.parse(message.data).tickets, true);
+      applyStatuses(snapshotStatuses(JSON.parse(message.data)), true);
     });
     source.addEventListener("tickets", (message) => {
       applyStatuses(JSON.parse(message.data).tickets, false);
