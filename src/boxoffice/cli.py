@@ -146,9 +146,12 @@ async def _seed(url: str, settings: Settings, *, force: bool = False) -> int:
 
 
 def _migrate(url: str) -> None:
+    """Migrate as the schema owner: MIGRATE_DATABASE_URL when the service's own DATABASE_URL
+    is a role that may only read and write rows (README, "An external PostgreSQL")."""
     from boxoffice.migrate import upgrade
 
-    upgrade(url)
+    owner = get_settings().migrate_database_url
+    upgrade(owner if owner and get_settings().database_url is not None else url)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

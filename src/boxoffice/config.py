@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     postgres_port: int = 5432
     # The schema owner, for migrations only; the service itself connects as DATABASE_URL, which
     # should be a role that may only read and write rows (boxoffice.roles). Unset: DATABASE_URL
-    # migrates too. The embedded default sets up both roles by itself.
+    # migrates too. (The embedded default still runs the service as its superuser.)
     migrate_database_url: str | None = None
 
     # Where the embedded PostgreSQL keeps its data when no database is configured.

@@ -30,6 +30,8 @@ _CONTENT_LENGTH = b"content-length"
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 # An Idempotency-Key replay repeats an earlier answer: not a new reservation outcome.
 _REPLAYED = (b"idempotent-replayed", b"true")
+# Refusals are logged at most this often (per worker); the next line counts the ones skipped.
+REFUSAL_LOG_INTERVAL_SECONDS = 1.0
 # The paths whose bodies may be as large as MAX_BODY_BYTES; the rest get the buyer cap.
 _LARGE_BODY_PATHS = frozenset({"/events"})
 
@@ -39,6 +41,8 @@ class OpsMiddleware:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self._buyer_cap: int | None = None
+        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL_SECONDS
+        self._refusals_unlogged = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -133,8 +137,25 @@ class OpsMiddleware:
 
         return replay, False
 
+    def _log_refusal(self, scope: Scope, cap: int) -> None:
+        """A warning per refusal, but at most one a second: a client sending oversized bodies
+        in a loop must not turn into a flood of log lines."""
+        now = time.monotonic()
+        if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL_SECONDS:
+            self._refusals_unlogged += 1
+            return
+        more = self._refusals_unlogged
+        self._refusal_logged_at, self._refusals_unlogged = now, 0
+        logger.warning(
+            "refused %s %s: body over %d bytes%s",
+            scope["method"],
+            scope["path"],
+            cap,
+            f" (and {more} more refusals since the last such line)" if more else "",
+        )
+
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, cap: int) -> None:
-        logger.warning("refused %s %s: body over %d bytes", scope["method"], scope["path"], cap)
+        self._log_refusal(scope, cap)
         # Read (and drop) what the client is still sending, so it sees the answer instead of a
         # connection reset; a client that keeps sending far past MAX_BODY_BYTES is cut off.
         drained = 0
