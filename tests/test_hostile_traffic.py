@@ -544,6 +544,9 @@ async def test_megabyte_bodies_in_a_loop_stall_nobody(guarded: Server) -> None:
         stop.set()
         await asyncio.gather(*attackers)
     assert sent >= 20, f"only {sent} attacks were answered in {ATTACK_SECONDS} s"
+    # Each refusal is a warning, but at most one a second per worker: no flood of log lines.
+    warnings = guarded.log_path.read_text().count("body over")
+    assert warnings <= 2 * (ATTACK_SECONDS + 2), f"{warnings} warnings for {sent} refusals"
     for pid in workers:
         grew = rss_kib(pid) - before[pid]
         assert grew < RSS_GROWTH_BOUND_KIB, f"worker {pid} grew by {grew} KiB"
@@ -616,9 +619,9 @@ def test_a_newline_in_the_path_forges_no_log_line(
             message = json.loads(line)["message"]  # every JSON line is whole
         assert not message.lstrip().startswith(FORGED), line
         assert "\r" not in message and "\x1b" not in message and "\u2028" not in message
+    # The first refusal is logged (the others within the second are only counted).
     refusals = [line for line in lines if "body over" in line and "forged" in line]
-    assert len(refusals) == len(forging_paths()), text
-    assert any("\\nboxoffice: forged" in line for line in refusals), refusals
+    assert refusals and "\\nboxoffice: forged" in refusals[0], text
 
 
 def test_escape_controls_keeps_ordinary_text_and_escapes_line_breaks() -> None:

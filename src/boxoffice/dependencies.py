@@ -52,16 +52,21 @@ async def require_admin(
 
 
 async def require_metrics_token(
-    token: Annotated[str | None, Depends(bearer_token)],
+    request: Request,
     settings: Annotated[Settings, Depends(get_app_settings)],
 ) -> None:
-    """With METRICS_TOKEN set, /metrics wants it as a bearer token; unset, /metrics is open."""
+    """With METRICS_TOKEN set, /metrics wants it as a bearer token; unset, /metrics is open.
+
+    Reads the header itself rather than through the bearer scheme: whether the token is
+    needed is a deployment setting, so the OpenAPI document must not declare it required.
+    """
     expected = settings.metrics_token
     if expected is None:
         return
-    if not token:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("send the metrics token as `Authorization: Bearer <METRICS_TOKEN>`")
-    if not hmac.compare_digest(token.encode(), expected.encode()):
+    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
         raise Forbidden("that is not the metrics token")
 
 

@@ -4,8 +4,8 @@ Kept to a few dictionary operations per request: the reservation hot path is ben
 Bodies are capped per endpoint: POST /events (an admin's event with its sections) may use
 MAX_BODY_BYTES, every other endpoint MAX_BUYER_BODY_BYTES (a buyer's body is a few hundred
 bytes; a megabyte of ticket ids is an attack, refused before anything parses it).
-It logs only refusals (a warning naming method and path, never headers: they carry tokens), and
-reads no header but Content-Length and X-Request-ID.
+It logs only refusals (a warning naming method and path, at most one a second; never headers:
+they carry tokens), and reads no header but Content-Length and X-Request-ID.
 """
 
 import logging

@@ -40,13 +40,15 @@ class PrunedHistory:
 
 
 # One batch of unsold holds past the retention, oldest first, and everything they left.
-# FOR UPDATE OF r SKIP LOCKED: a reservation row someone has locked (a late release or read of
-# an old hold, another worker's sweeper, the demo re-seed) is skipped, not waited for, so any
-# number of sweepers prune disjoint batches at once. Lock order as DESIGN.md asks (reservation
-# rows first), and no ticket row is ever locked: deleting links and audit rows, which no buyer
+# FOR UPDATE OF r SKIP LOCKED: a reservation row someone has locked (a late release of an old
+# hold, another worker's sweeper, the demo re-seed) is skipped, not waited for, so any number
+# of sweepers prune disjoint batches at once. Lock order as DESIGN.md asks (reservation rows
+# first), and no ticket row is ever locked: deleting links and audit rows, which no buyer
 # locks, needs no lock on the tickets they point to, so a buyer holding or paying for those
-# seats right now never waits for the sweeper, nor it for them.
-# The audit rows are matched on ticket and reservation: the (ticket_id, id) index finds them.
+# seats right now never waits for the sweeper, nor it for them. (The one wait left: a late
+# release of a hold that is being pruned right now queues for the batch's few milliseconds,
+# then finds it gone: 404.)
+# Audit rows are matched on ticket and reservation both, so an index on either can serve.
 PRUNE_UNSOLD_HOLDS = text(
     """
     WITH doomed AS (
