@@ -291,8 +291,10 @@ async def test_150_mb_heads_are_cut_off_and_stall_nobody(guarded: Server) -> Non
 
 async def idle_connection(port: int) -> tuple[float, bytes]:
     """Connect and send nothing: how long until the server closes it, and what it said."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # Timed from before the connect: the server's clock starts at its accept, never earlier,
+    # while this task may resume from the connect late on a loaded machine.
     opened = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     answer = await read_until_closed(reader, HEADER_TIMEOUT + 5)
     writer.close()
     return time.perf_counter() - opened, answer
@@ -300,8 +302,10 @@ async def idle_connection(port: int) -> tuple[float, bytes]:
 
 async def trickling_head(port: int) -> tuple[float, bytes]:
     """Send a request head a byte every 200 ms (slowloris): how long until the server closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # Timed from before the connect: the server's clock starts at its accept, never earlier,
+    # while this task may resume from the connect late on a loaded machine.
     opened = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: slow\r\n")
 
     async def trickle() -> None:
@@ -320,8 +324,10 @@ async def trickling_head(port: int) -> tuple[float, bytes]:
 
 async def trickling_body(port: int) -> tuple[float, bytes]:
     """A complete head announcing a body of 100 bytes, then one byte: the body never ends."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # Timed from before the connect: the server's clock starts at its accept, never earlier,
+    # while this task may resume from the connect late on a loaded machine.
     opened = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
         b"PATCH /tickets/reserve HTTP/1.1\r\nHost: slow\r\nContent-Type: application/json\r\n"
         b"Content-Length: 100\r\n\r\n{"

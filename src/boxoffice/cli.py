@@ -145,13 +145,28 @@ async def _seed(url: str, settings: Settings, *, force: bool = False) -> int:
         await engine.dispose()
 
 
-def _migrate(url: str) -> None:
-    """Migrate as the schema owner: MIGRATE_DATABASE_URL when the service's own DATABASE_URL
-    is a role that may only read and write rows (README, "An external PostgreSQL")."""
-    from boxoffice.migrate import upgrade
+def _migrate(url: str, settings: Settings) -> str:
+    """Migrate as the schema owner and give the service role its rights; return the URL the
+    service connects with.
 
-    owner = get_settings().migrate_database_url
-    upgrade(owner if owner and get_settings().database_url is not None else url)
+    Embedded: the server is ours, so its superuser migrates and creates `boxoffice_app`, a
+    role that may only read and write rows, for the workers. External: MIGRATE_DATABASE_URL
+    (when set) migrates and grants DATABASE_URL's user the same rights (README, "An external
+    PostgreSQL"); without it DATABASE_URL does everything, as before.
+    """
+    from boxoffice.migrate import upgrade
+    from boxoffice.roles import APP_ROLE, grant_row_rights, url_user, with_user
+
+    if settings.database_url is None:
+        upgrade(url)
+        asyncio.run(grant_row_rights(url, APP_ROLE, create=True))
+        return with_user(url, APP_ROLE)
+    owner_url = settings.migrate_database_url
+    upgrade(owner_url or url)
+    service_user = url_user(url)
+    if owner_url and service_user and service_user != url_user(owner_url):
+        asyncio.run(grant_row_rights(owner_url, service_user))
+    return url
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -172,12 +187,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     stop_on_signals()
     supervise_workers()
     with database(settings) as url:
-        _migrate(url)
+        service_url = _migrate(url, settings)
         created = asyncio.run(_seed(url, settings))
         if created:
             print(f"boxoffice: seeded {created} demo events")
         # Workers are fresh processes: they read the database and token from the environment.
-        os.environ["DATABASE_URL"] = url
+        os.environ["DATABASE_URL"] = service_url
         os.environ["ADMIN_TOKEN"] = admin_token(settings)
         get_settings.cache_clear()
         print(f"boxoffice: serving on http://{args.host}:{args.port} (docs at /docs)", flush=True)
@@ -198,7 +213,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     with database(settings) as url:
-        _migrate(url)
+        _migrate(url, settings)
     print("boxoffice: database is at the latest migration")
     return 0
 
@@ -220,7 +235,7 @@ async def _seed_original_demo(url: str, settings: Settings) -> str:
 
 def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     with database(settings) as url:
-        _migrate(url)
+        _migrate(url, settings)
         if args.demo_data:
             print(asyncio.run(_seed_original_demo(url, settings)))
             return 0

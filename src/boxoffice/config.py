@@ -27,8 +27,9 @@ class Settings(BaseSettings):
     postgres_host: str | None = None
     postgres_port: int = 5432
     # The schema owner, for migrations only; the service itself connects as DATABASE_URL, which
-    # should be a role that may only read and write rows (boxoffice.roles). Unset: DATABASE_URL
-    # migrates too. (The embedded default still runs the service as its superuser.)
+    # should be a role that may only read and write rows (boxoffice.roles), which migrate then
+    # grants its rights. Unset: DATABASE_URL migrates too. (The embedded default needs neither:
+    # it migrates as its superuser and serves as its own row-only role.)
     migrate_database_url: str | None = None
 
     # Where the embedded PostgreSQL keeps its data when no database is configured.

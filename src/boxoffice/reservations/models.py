@@ -45,6 +45,12 @@ class Reservation(Base):
             "expires_at",
             postgresql_where=text("status = 'active'"),
         ),
+        # The retention sweep takes the oldest unsold ended holds (boxoffice.retention).
+        Index(
+            "ix_reservations_unsold_ended_at",
+            "ended_at",
+            postgresql_where=text("status IN ('released', 'expired')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(
