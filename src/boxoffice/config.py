@@ -103,9 +103,16 @@ class Settings(BaseSettings):
             password = self.postgres_password
             auth = f"{user}:{quote(password, safe='')}" if password else user
             db = self.postgres_db or "postgres"
-            self.database_url = (
-                f"postgresql://{auth}@{self.postgres_host}:{self.postgres_port}/{db}"
-            )
+            if self.postgres_host.startswith("/"):
+                # A Unix socket directory, as libpq's PGHOST allows: it travels in the query.
+                host = quote(self.postgres_host, safe="/")
+                self.database_url = (
+                    f"postgresql://{auth}@/{db}?host={host}&port={self.postgres_port}"
+                )
+            else:
+                self.database_url = (
+                    f"postgresql://{auth}@{self.postgres_host}:{self.postgres_port}/{db}"
+                )
         return self
 
     @property
