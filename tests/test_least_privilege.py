@@ -121,15 +121,15 @@ def test_an_external_server_set_up_as_the_readme_says(
     role = f"boxoffice_app_{uuid.uuid4().hex[:8]}"
     owner_url = databases.create("boxoffice_privilege")
     database = urlsplit(owner_url).path.lstrip("/")
-    sql = readme_role_sql().replace("boxoffice_app", role).replace(
-        "DATABASE boxoffice", f'DATABASE "{database}"'
+    sql = (
+        readme_role_sql()
+        .replace("boxoffice_app", role)
+        .replace("DATABASE boxoffice", f'DATABASE "{database}"')
     )
     asyncio.run(run_as_owner(owner_url, sql))
     service_url = as_user(owner_url, role)
     try:
-        with serving(
-            service_url, tmp_path / "serve.log", MIGRATE_DATABASE_URL=owner_url
-        ) as served:
+        with serving(service_url, tmp_path / "serve.log", MIGRATE_DATABASE_URL=owner_url) as served:
             # `serve` migrated as the owner (the role could not have) and seeded the demo.
             reserve_demo_ticket(served.url)
             assert_least_privilege(owner_url, service_url, role)
