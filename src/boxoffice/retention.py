@@ -48,7 +48,8 @@ class PrunedHistory:
 # seats right now never waits for the sweeper, nor it for them. (The one wait left: a late
 # release of a hold that is being pruned right now queues for the batch's few milliseconds,
 # then finds it gone: 404.)
-# Audit rows are matched on ticket and reservation both, so an index on either can serve.
+# Audit rows are found by reservation (ix_ticket_audit_reservation_id), not by ticket: a
+# seat churned all week has thousands of audit rows, a hold only its own.
 PRUNE_UNSOLD_HOLDS = text(
     """
     WITH doomed AS (

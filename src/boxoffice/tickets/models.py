@@ -105,6 +105,8 @@ class TicketAudit(Base):
         ),
         # A ticket's history in order; the invariant checker reads each ticket's last row.
         Index("ix_ticket_audit_ticket_id_id", "ticket_id", "id"),
+        # The retention sweep deletes a pruned hold's audit rows by its id.
+        Index("ix_ticket_audit_reservation_id", "reservation_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
