@@ -18,22 +18,19 @@ Prints requests/s and p99 per protocol, and each as a share of plain httptools. 
 """
 
 import argparse
+import asyncio
 import os
 import re
+import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import benchmark_database
+from run import Server, benchmark_database
 
 PROTOCOLS = ("httptools", "guarded", "h11")
 LOADS = (
@@ -45,7 +42,7 @@ CONNECTIONS = 64
 WORKERS = 2
 
 
-def serve(protocol: str, port: int) -> None:
+def serve(protocol: str, port: int, workers: int, log_level: str) -> None:
     """Run as the server process: the app as `boxoffice serve` runs it, but for the protocol."""
     import uvicorn
 
@@ -60,51 +57,10 @@ def serve(protocol: str, port: int) -> None:
         factory=True,
         host="127.0.0.1",
         port=port,
-        workers=WORKERS,
-        log_level="warning",
+        workers=workers,
+        log_level=log_level,
         **options,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(
-    protocol: str, env: dict[str, str], log: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    with log.open("a") as out:
-        process = subprocess.Popen(
-            [sys.executable, __file__, "--serve", protocol, "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the {protocol} server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)  # polling a starting server, bounded by the deadline
-    raise SystemExit(f"the {protocol} server did not start:\n{log.read_text()[-3000:]}")
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def _milliseconds(value: str, unit: str) -> float:
@@ -124,7 +80,23 @@ def wrk(url: str, extra: tuple[str, ...], seconds: float) -> tuple[float, float,
     failures = int(bad.group(1)) if bad else 0
     if errors:
         failures += sum(int(count) for count in errors.groups())
-    return rate, _milliseconds(*p99.groups()) if p99 else float("nan"), failures  # type: ignore[misc]
+    return rate, _milliseconds(*p99.groups()) if p99 else float("nan"), failures
+
+
+async def measure(
+    server: Server, server_secret: str, seconds: float
+) -> list[tuple[float, float, int]]:
+    """Start the server, load it with each of LOADS (after a warm-up), stop it."""
+    await server.start(SERVER_SECRET=server_secret)
+    try:
+        figures = []
+        for _, path, extra in LOADS:
+            url = server.base_url + path
+            await asyncio.to_thread(wrk, url, extra, 2)  # warm-up
+            figures.append(await asyncio.to_thread(wrk, url, extra, seconds))
+        return figures
+    finally:
+        await server.stop()
 
 
 def main() -> int:
@@ -133,10 +105,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median)")
     parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL"))
     parser.add_argument("--serve", choices=PROTOCOLS, help=argparse.SUPPRESS)
+    # How run.py's Server starts the server process (`--serve` runs it).
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--log-level", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port)
+        serve(args.serve, args.port, args.workers, args.log_level)
         return 0
     if shutil.which("wrk") is None:
         print("bench: needs wrk (apt-get install wrk)", file=sys.stderr)
@@ -148,33 +123,29 @@ def main() -> int:
         workdir = Path(folder)
         with benchmark_database(args.database_url, workdir) as database:
             upgrade(database.url)
-            env = {
-                **os.environ,
-                "DATABASE_URL": database.url,
-                "DATA_DIR": str(workdir / "data"),
-                "ADMIN_TOKEN": "bench-admin-token-" + "x" * 16,
-                "SERVER_SECRET": "bench-server-secret-" + "x" * 32,
-                "SWEEP_INTERVAL_SECONDS": "0",
-            }
+            admin_token = "bench-admin-" + secrets.token_urlsafe(16)
+            server_secret = "bench-server-secret-" + secrets.token_urlsafe(32)
             results: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
             for round_number in range(1, args.rounds + 1):
                 # Rotate the order each round, so no protocol always runs first or last.
                 shift = (round_number - 1) % len(PROTOCOLS)
                 for protocol in PROTOCOLS[shift:] + PROTOCOLS[:shift]:
-                    process, url = start_server(protocol, env, workdir / f"{protocol}.log")
-                    try:
-                        for label, path, extra in LOADS:
-                            wrk(url + path, extra, 2)  # warm-up
-                            measured = wrk(url + path, extra, args.duration)
-                            results.setdefault((label, protocol), []).append(measured)
-                            print(
-                                f"round {round_number}  {protocol:<9}  {label:<34}"
-                                f"  {measured[0]:>9,.0f}/s  p99 {measured[1]:7.2f} ms"
-                                f"  failures {measured[2]}",
-                                flush=True,
-                            )
-                    finally:
-                        stop_server(process)
+                    server = Server(
+                        database.url,
+                        admin_token,
+                        WORKERS,
+                        workdir,
+                        program=(__file__, "--serve", protocol),
+                    )
+                    measured = asyncio.run(measure(server, server_secret, args.duration))
+                    for (label, _, _), figures in zip(LOADS, measured, strict=True):
+                        results.setdefault((label, protocol), []).append(figures)
+                        print(
+                            f"round {round_number}  {protocol:<9}  {label:<34}"
+                            f"  {figures[0]:>9,.0f}/s  p99 {figures[1]:7.2f} ms"
+                            f"  failures {figures[2]}",
+                            flush=True,
+                        )
 
     print(
         f"\nwrk -t2 -c{CONNECTIONS}, {args.duration:g} s each, {WORKERS} workers, "

@@ -376,7 +376,18 @@ def free_port() -> int:
 class Server:
     """`boxoffice serve --workers N` in a subprocess, exactly as a user starts it."""
 
-    def __init__(self, database_url: str, admin_token: str, workers: int, workdir: Path) -> None:
+    # What runs the server, before `--port`, `--workers` and `--log-level`.
+    SERVE = ("-m", "boxoffice.cli", "serve")
+
+    def __init__(
+        self,
+        database_url: str,
+        admin_token: str,
+        workers: int,
+        workdir: Path,
+        program: Sequence[str] = SERVE,
+    ) -> None:
+        self.program = tuple(program)
         self.database_url = database_url
         self.admin_token = admin_token
         self.workers = workers
@@ -403,7 +414,7 @@ class Server:
             ),
             **self.env,
         }
-        command = [sys.executable, "-m", "boxoffice.cli", "serve", "--port", str(self.port)]
+        command = [sys.executable, *self.program, "--port", str(self.port)]
         command += ["--workers", str(self.workers), "--log-level", "warning"]
         log = self.log_path.open("a")
         try:

@@ -63,6 +63,15 @@ def postgres_server_url() -> Iterator[str]:
         yield url
 
 
+async def execute_sql(url: str, sql: str) -> None:
+    """Run `sql` (one statement or several) on its own connection to `url`."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 class Databases:
     """Creates throwaway databases on the test server and drops them at the end."""
 
@@ -71,11 +80,7 @@ class Databases:
         self.created: list[str] = []
 
     async def _admin(self, sql: str) -> None:
-        conn = await asyncpg.connect(with_database(self.server_url, "postgres"))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
+        await execute_sql(with_database(self.server_url, "postgres"), sql)
 
     def create(self, prefix: str = "boxoffice_test") -> str:
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"

@@ -8,14 +8,15 @@ import re
 import signal
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 import pytest
 
+from boxoffice.roles import with_user
 from boxoffice.seed import ORIGINAL_DEMO_TICKET
-from tests.conftest import Databases, embedded_data_dir, serving, with_database
+from tests.conftest import Databases, embedded_data_dir, execute_sql, serving, with_database
 from tests.test_embedded_serve import serve_embedded
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -29,11 +30,6 @@ FORBIDDEN = [
     "UPDATE alembic_version SET version_num = 'x'",
     "DELETE FROM alembic_version",
 ]
-
-
-def as_user(url: str, user: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=f"{user}@{parts.netloc.rsplit('@', 1)[-1]}"))
 
 
 async def service_users(owner_url: str) -> set[str]:
@@ -95,7 +91,9 @@ def test_the_embedded_service_runs_as_a_row_only_role() -> None:
         with serve_embedded(data_dir, folder / "serve.log") as (process, base_url):
             reserve_demo_ticket(base_url)
             owner_url = (data_dir / "database_url").read_text().strip()
-            assert_least_privilege(owner_url, as_user(owner_url, "boxoffice_app"), "boxoffice_app")
+            assert_least_privilege(
+                owner_url, with_user(owner_url, "boxoffice_app"), "boxoffice_app"
+            )
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0
 
@@ -104,14 +102,6 @@ def readme_role_sql() -> str:
     """The README's statements for a DBA, as written there."""
     section = README.read_text().split("### An external PostgreSQL", 1)[1]
     return re.search(r"```sql\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
-
-
-async def run_as_owner(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def test_an_external_server_set_up_as_the_readme_says(
@@ -126,8 +116,8 @@ def test_an_external_server_set_up_as_the_readme_says(
         .replace("boxoffice_app", role)
         .replace("DATABASE boxoffice", f'DATABASE "{database}"')
     )
-    asyncio.run(run_as_owner(owner_url, sql))
-    service_url = as_user(owner_url, role)
+    asyncio.run(execute_sql(owner_url, sql))
+    service_url = with_user(owner_url, role)
     try:
         with serving(service_url, tmp_path / "serve.log", MIGRATE_DATABASE_URL=owner_url) as served:
             # `serve` migrated as the owner (the role could not have) and seeded the demo.
@@ -135,6 +125,6 @@ def test_an_external_server_set_up_as_the_readme_says(
             assert_least_privilege(owner_url, service_url, role)
     finally:
         server = with_database(postgres_server_url, "postgres")
-        asyncio.run(run_as_owner(owner_url, f"DROP OWNED BY {role}"))
-        asyncio.run(run_as_owner(server, f'DROP DATABASE "{database}" WITH (FORCE)'))
-        asyncio.run(run_as_owner(server, f"DROP ROLE {role}"))
+        asyncio.run(execute_sql(owner_url, f"DROP OWNED BY {role}"))
+        asyncio.run(execute_sql(server, f'DROP DATABASE "{database}" WITH (FORCE)'))
+        asyncio.run(execute_sql(server, f"DROP ROLE {role}"))

@@ -133,6 +133,11 @@ def async_url(url: str) -> str:
     raise ValueError(f"DATABASE_URL must be a postgresql:// URL, got {url.split(':', 1)[0]}://…")
 
 
+def asyncpg_dsn(url: str) -> str:
+    """The URL for asyncpg.connect itself, which wants the plain scheme, whatever the user wrote."""
+    return "postgresql://" + async_url(url).removeprefix("postgresql+asyncpg://")
+
+
 @lru_cache
 def get_settings() -> Settings:
     return Settings()

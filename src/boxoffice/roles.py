@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
-from boxoffice.config import async_url
+from boxoffice.config import asyncpg_dsn
 
 APP_ROLE = "boxoffice_app"
 
@@ -67,7 +67,7 @@ async def grant_row_rights(owner_url: str, role: str, *, create: bool = False) -
     """As the schema owner: give `role` row rights on every table (creating it first if
     `create`), and no right to change the schema."""
     # asyncpg itself: the statements are several, which a prepared statement cannot be.
-    conn = await asyncpg.connect(async_url(owner_url).replace("+asyncpg", "", 1))
+    conn = await asyncpg.connect(asyncpg_dsn(owner_url))
     try:
         if create:
             await conn.execute(CREATE_APP_ROLE)

@@ -11,7 +11,7 @@ import logging
 
 import asyncpg
 
-from boxoffice.config import async_url
+from boxoffice.config import asyncpg_dsn
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +23,7 @@ class BackgroundSession:
     application_name = "boxoffice"
 
     def __init__(self, database_url: str) -> None:
-        # asyncpg wants the plain scheme, whatever the user wrote.
-        self._database_url = async_url(database_url).replace("+asyncpg", "", 1)
+        self._database_url = asyncpg_dsn(database_url)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
