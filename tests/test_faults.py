@@ -11,6 +11,7 @@ answers, with a deadline so a broken service fails the test instead of hanging i
 import asyncio
 import os
 import signal
+import threading
 import time
 import uuid
 import warnings
@@ -511,3 +512,39 @@ async def test_an_exhausted_pool_answers_503_within_the_bound(
             assert free_again.status_code == 201, free_again.text
 
     await assert_invariants_at(database_url, event_id)
+
+
+def _terminate_without_the_loop(database_url: str, pid: int) -> None:
+    """pg_terminate_backend(pid) and wait until that backend has exited, all while this
+    thread's event loop stays blocked, so asyncpg cannot see its connection close."""
+    if not Path(f"/proc/{pid}").exists():
+        pytest.skip("needs the database server's processes in /proc (a local server)")
+
+    async def terminate() -> None:
+        async with connection(database_url) as admin:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+
+    # Its own loop, in another thread, joined here: our loop does not turn meanwhile.
+    worker = threading.Thread(target=asyncio.run, args=(terminate(),))
+    worker.start()
+    worker.join()
+    deadline = time.monotonic() + 10
+    while (stat := Path(f"/proc/{pid}/stat")).exists() and ") Z" not in stat.read_text():
+        assert time.monotonic() < deadline, f"backend {pid} did not exit"
+        time.sleep(0.01)  # blocking on purpose: the loop must not see the socket close
+
+
+async def test_a_connection_closed_before_the_loop_noticed_is_not_lent_out(
+    database_url: str,
+) -> None:
+    """The server ends a pooled connection and the next checkout comes before the event loop
+    has processed the end of the stream: the pool must still hand out a live connection."""
+    engine = create_engine(Settings(database_url=database_url), pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as conn:
+            pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+        _terminate_without_the_loop(database_url, pid)
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one() != pid
+    finally:
+        await engine.dispose()

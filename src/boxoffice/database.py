@@ -1,6 +1,7 @@
 """Engine, sessions and the declarative base every domain's models share."""
 
 import os
+import select
 from typing import Any
 
 from sqlalchemy import MetaData, event
@@ -58,9 +59,25 @@ def _discard_closed_connection(dbapi_connection: Any, record: Any, proxy: Any) -
     """Never lend out a connection the server has already closed.
 
     After a database restart or `pg_terminate_backend`, every idle pooled connection is dead.
-    asyncpg learns that from the event loop when the socket closes, so this check costs no
-    round trip (unlike pool_pre_ping); raising DisconnectionError makes the pool drop the
-    connection and open a fresh one, so requests after an outage do not fail one per corpse.
+    asyncpg learns that from the event loop when the socket closes, but only on the loop's next
+    turn: a request checked out in between would get the corpse. So the socket is asked too,
+    with one zero-timeout poll (no round trip, unlike pool_pre_ping): an idle connection the
+    server has written to (its FATAL goodbye, or the end of the stream) is dead. Raising
+    DisconnectionError makes the pool drop it and open a fresh one, so requests after an
+    outage do not fail one per corpse.
     """
-    if dbapi_connection.driver_connection.is_closed():
+    driver = dbapi_connection.driver_connection
+    if driver.is_closed() or _server_has_spoken(driver):
         raise DisconnectionError("the server closed this connection")
+
+
+def _server_has_spoken(driver: Any) -> bool:
+    """Whether an idle connection's socket has something to read. Our pooled connections
+    LISTEN to nothing, so the server only speaks first to say goodbye."""
+    sock = driver._transport.get_extra_info("socket")  # asyncpg keeps its transport private
+    if sock is None:
+        return False
+    # poll, not select: a worker may have more than FD_SETSIZE (1024) descriptors open.
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
