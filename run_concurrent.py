@@ -46,8 +46,9 @@ try:
 except ImportError as missing:  # pragma: no cover - what a user sees outside the venv
     sys.exit(
         f"run_concurrent.py needs boxoffice installed ({missing.name} is missing).\n"
-        "In the project folder, run ./scripts/serve once (it creates .venv and starts the "
-        "server),\nthen in another terminal: .venv/bin/python run_concurrent.py"
+        "In the project folder: scripts/bootstrap.sh simulate (it adds what this script needs "
+        "to .venv),\nstart the server with ./scripts/serve, then in another terminal: "
+        ".venv/bin/python run_concurrent.py"
     )
 
 # What the original demo's script hard-codes: its server and its ticket.
