@@ -1,8 +1,8 @@
 """Every ticket gets a stable public UUID besides its internal id.
 
 The original demo identified tickets by UUID and its clients (its own `run_concurrent.py`
-among them) hard-code one; DESIGN.md's compatibility contract keeps them working. Existing
-tickets get a random one; the demo's own tickets get the demo's UUIDs from the seed.
+among them) hard-code one; they must keep working (README, "The original demo's clients").
+Existing tickets get a random one; the demo's own tickets get the demo's UUIDs from the seed.
 
 Revision ID: 0006
 Revises: 0005
