@@ -12,11 +12,11 @@
   const TOKEN_KEY = "boxoffice.admin-token";
   let token = null;
 
-  // The API has no "who am I": an empty POST /events is refused as 401/403 for a wrong token
-  // before its body is even read, and as 422 for the right one. Nothing is created either way.
+  // GET /admin/session answers 200 for the admin token, 401 without one and 403 for another;
+  // it reads nothing and changes nothing.
   async function tokenWorks(candidate) {
-    const result = await B.api("POST", "/events", { body: {}, token: candidate });
-    if (result.status === 422) return true;
+    const result = await B.api("GET", "/admin/session", { token: candidate });
+    if (result.ok && result.data && result.data.role === "admin") return true;
     if (result.status === 401 || result.status === 403) return false;
     throw result;
   }

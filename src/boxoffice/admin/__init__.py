@@ -1,0 +1,1 @@
+"""The admin's own endpoints (the admin page's sign-in); creating events is boxoffice.events."""
