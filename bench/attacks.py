@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/attacks.py [--database-url URL] [--only headers,idle,...] [--seconds N]
 
-Starts `boxoffice serve --workers 2` as bench/run.py does (its `Server` and
+Starts `boxoffice serve --workers 2` as bench/run.py does (boxbench's `Server` and
 `benchmark_database`) and measures a baseline, then each attack, while buyers reserve seats
 (a child process, so the attacker's event loop never delays the buyers' clock). One row per
 attack; it reports and asserts nothing. bench/README.md says what each attack does.
@@ -32,7 +32,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PLAIN_HTTP, Server, benchmark_database, percentile, say, table
+from boxbench.common import PLAIN_HTTP, percentile, say, table
+from boxbench.database import benchmark_database
+from boxbench.server import Server
 
 ATTACKS = ("headers", "idle", "slowloris", "amplification", "log-injection")
 HOST = "127.0.0.1"
@@ -283,7 +285,7 @@ class AttackBench:
 
     async def measure(self, name: str, attack: Callable[[], Awaitable[tuple[str, str]]]) -> Row:
         row = Row(name)
-        if self.server.process is None or self.server.process.returncode is not None:
+        if not self.server.running:
             say("the server is not running: starting it again")
             await self.server.restart(**self.env)
         assert self.server.pid is not None
@@ -305,7 +307,7 @@ class AttackBench:
             except Exception as exc:  # no figures from the buyers: the row is not a measurement
                 row.error = row.error or f"{type(exc).__name__}: {exc}"
         row.rss = workers.rss()
-        if self.server.process is None or self.server.process.returncode is not None:
+        if not self.server.running:
             row.error = f"the server died; its log ends:\n{self.server.log_tail(10)}"
         else:
             shed = await self.shed() - shed_before

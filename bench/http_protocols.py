@@ -30,7 +30,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import Server, benchmark_database
+from boxbench.database import benchmark_database
+from boxbench.server import Server
 
 PROTOCOLS = ("httptools", "guarded", "h11")
 LOADS = (
@@ -105,7 +106,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median)")
     parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL"))
     parser.add_argument("--serve", choices=PROTOCOLS, help=argparse.SUPPRESS)
-    # How run.py's Server starts the server process (`--serve` runs it).
+    # How boxbench's Server starts the server process (`--serve` runs it).
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", help=argparse.SUPPRESS)

@@ -4,11 +4,8 @@ database per test session, and the real service running with two workers over HT
 import asyncio
 import os
 import secrets
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -23,12 +20,14 @@ import httpx
 import pytest
 import pytest_asyncio
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from boxoffice.config import Settings
-from boxoffice.database import create_engine
+from boxoffice import serving as serving_helpers
+from boxoffice.config import Settings, async_url
+from boxoffice.db import Database, server_settings
 from boxoffice.invariants import check_invariants
 from boxoffice.migrate import upgrade
+from boxoffice.serving import ServeProcess
 
 ADMIN_TOKEN = "test-admin-" + secrets.token_urlsafe(16)
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -110,15 +109,46 @@ def database_url(databases: Databases) -> str:
 
 @pytest_asyncio.fixture(scope="session")
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(Settings(database_url=database_url, admin_token=ADMIN_TOKEN))
+    """SQLAlchemy, for the tests' own looks at the rows (the service uses `db`)."""
+    engine = create_async_engine(async_url(database_url), pool_size=10)
     yield engine
     await engine.dispose()
 
 
+def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
+    """A SQLAlchemy engine for a test's own looks at the rows, with the service's session
+    settings (lock and statement timeouts), so what it waits for is what the service would."""
+    assert settings.database_url is not None
+    options: dict[str, Any] = {"connect_args": {"server_settings": server_settings(settings)}}
+    options.update(overrides)
+    return create_async_engine(async_url(settings.database_url), **options)
+
+
+# One service pool per database and event loop, for calling the services directly (a pool
+# belongs to the loop it was made on; most tests share the session's loop).
+_service_pools: dict[tuple[str, int], Database] = {}
+
+
+def service_db(engine: AsyncEngine) -> Database:
+    """The service's own data layer on the database `engine` points at."""
+    url = engine.url.render_as_string(hide_password=False).replace("+asyncpg", "")
+    key = (url, id(asyncio.get_running_loop()))
+    if key not in _service_pools:
+        _service_pools[key] = Database(Settings(database_url=url, admin_token=ADMIN_TOKEN))
+    return _service_pools[key]
+
+
+@pytest_asyncio.fixture(scope="session")
+async def db(engine: AsyncEngine) -> AsyncIterator[Database]:
+    yield service_db(engine)
+    loop = id(asyncio.get_running_loop())
+    for (_, pool_loop), pool in _service_pools.items():
+        if pool_loop == loop:
+            await pool.close()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return serving_helpers.free_port()
 
 
 @dataclass(frozen=True)
@@ -139,48 +169,28 @@ def running_server(
 @contextmanager
 def serving(database_url: str, log_path: Path, *, workers: int = 2, **env: str) -> Iterator[Served]:
     """`running_server`, also handing out the `serve` process (the workers' parent)."""
-    port = free_port()
-    environment = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "ADMIN_TOKEN": ADMIN_TOKEN,
-        "SERVER_SECRET": SERVER_SECRET,
-        "SWEEP_INTERVAL_SECONDS": "0",
-        **env,
-    }
-    command = [sys.executable, "-m", "boxoffice.cli", "serve", "--port", str(port)]
-    command += ["--workers", str(workers), "--log-level", "warning"]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(base_url, process, log_path)
-        yield Served(base_url, process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    server = ServeProcess(
+        env={
+            "DATABASE_URL": database_url,
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "SERVER_SECRET": SERVER_SECRET,
+            "SWEEP_INTERVAL_SECONDS": "0",
+            **env,
+        },
+        log_path=log_path,
+        log_mode="w",
+        workers=workers,
+        # The tests signal the process themselves (to the `serve` process, or its group).
+        new_session=False,
+    )
+    with server:
+        assert server.process is not None
+        yield Served(server.url, server.process)
 
 
 def wait_until_ready(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
     """Poll /readyz until the server answers (or fail with its log)."""
-    deadline = 60.0
-    waited = 0.0
-    while waited < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
-        try:
-            if httpx.get(base_url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        # Polling a server that is starting, not waiting out a race: bounded by the deadline.
-        waited += 0.1
-        time.sleep(0.1)
-    raise RuntimeError(f"server not ready after {deadline}s:\n{log_path.read_text()}")
+    serving_helpers.wait_until_ready(base_url, process, log_path, timeout=60)
 
 
 @pytest.fixture(scope="session")
@@ -249,7 +259,9 @@ async def ticket_ids(client: httpx.AsyncClient, event_id: str) -> list[int]:
 
 
 async def assert_invariants(engine: AsyncEngine, event_id: str | None = None) -> None:
-    violations = await check_invariants(engine, event_id=uuid.UUID(event_id) if event_id else None)
+    violations = await check_invariants(
+        service_db(engine), event_id=uuid.UUID(event_id) if event_id else None
+    )
     assert violations == [], "\n".join(str(v) for v in violations)
 
 

@@ -28,7 +28,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from boxoffice.config import Settings
-from boxoffice.database import create_engine
+from boxoffice.db import Database
 from boxoffice.invariants import check_invariants
 from tests.conftest import ADMIN, ADMIN_TOKEN, running_server
 
@@ -275,11 +275,12 @@ def invariants_hold_afterwards(database_url: str) -> Iterator[None]:
     yield
 
     async def check() -> list[Any]:
-        engine = create_engine(Settings(database_url=database_url, admin_token=ADMIN_TOKEN))
+        # Its own pool: asyncio.run makes a new event loop each time.
+        db = Database(Settings(database_url=database_url, admin_token=ADMIN_TOKEN), size=1)
         try:
-            return await check_invariants(engine)
+            return await check_invariants(db)
         finally:
-            await engine.dispose()
+            await db.close()
 
     violations = asyncio.run(check())
     assert violations == [], "\n".join(str(v) for v in violations)

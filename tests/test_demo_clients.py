@@ -22,7 +22,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import Databases, embedded_data_dir, free_port, wait_until_ready
+from boxoffice.serving import ServeProcess, free_port
+from tests.conftest import Databases, embedded_data_dir
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEMO_TICKET = "bf2af413-dd2f-4dd2-a0e1-13def2abe020"
@@ -115,26 +116,20 @@ def fresh_serve() -> Iterator[tuple[str, dict[str, str]]]:
     with embedded_data_dir() as data_dir:
         env = user_environment(data_dir)
         port = free_port()
-        log_path = data_dir / "serve.log"
-        with log_path.open("w") as log:
-            process = subprocess.Popen(
-                ["./scripts/serve", "--port", str(port)],
-                cwd=PROJECT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_ready(base_url, process, log_path)
-            yield base_url, env
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        server = ServeProcess(
+            command=["./scripts/serve", "--port", str(port)],
+            port=port,
+            base_env=env,
+            cwd=PROJECT,
+            log_path=data_dir / "serve.log",
+            log_mode="w",
+            new_session=False,
+            # Ctrl-C, as the user stops it.
+            stop_signal=signal.SIGINT,
+            stop_timeout=30,
+        )
+        with server:
+            yield server.url, env
 
 
 def test_demo_client_gets_one_200_and_nine_409s_again_after_each_reseed(

@@ -4,7 +4,6 @@ workers, and stops with the service — also after an earlier run was killed wit
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import embedded_data_dir, free_port, wait_until_ready
+from boxoffice.serving import ServeProcess
+from tests.conftest import embedded_data_dir
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:
@@ -39,25 +39,18 @@ def serve_embedded(data_dir: Path, log: Path) -> Iterator[tuple[subprocess.Popen
         for key, value in os.environ.items()
         if key not in {"DATABASE_URL", "TEST_DATABASE_URL", "POSTGRES_HOST", "ADMIN_TOKEN"}
     }
-    environment["DATA_DIR"] = str(data_dir)
-    port = free_port()
-    command = [sys.executable, "-m", "boxoffice.cli", "serve", "--port", str(port)]
-    with log.open("a") as out:
-        process = subprocess.Popen(
-            [*command, "--workers", "2"],
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url, process, log)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    server = ServeProcess(
+        base_env=environment,
+        env={"DATA_DIR": str(data_dir)},
+        log_path=log,
+        workers=2,
+        log_level=None,
+        # What is still running at the end (the -9 run) goes at once, workers included.
+        stop_signal=signal.SIGKILL,
+    )
+    with server:
+        assert server.process is not None
+        yield server.process, server.url
 
 
 @pytest.mark.skipif(

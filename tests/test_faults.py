@@ -27,12 +27,13 @@ import httpx
 import pytest
 
 from boxoffice.config import Settings
-from boxoffice.database import create_engine
+from boxoffice.db import Database
 from boxoffice.migrate import upgrade
 from tests.conftest import (
     ADMIN,
     ADMIN_TOKEN,
     assert_invariants,
+    create_engine,
     embedded_data_dir,
     running_server,
     serving,
@@ -539,12 +540,10 @@ async def test_a_connection_closed_before_the_loop_noticed_is_not_lent_out(
 ) -> None:
     """The server ends a pooled connection and the next checkout comes before the event loop
     has processed the end of the stream: the pool must still hand out a live connection."""
-    engine = create_engine(Settings(database_url=database_url), pool_size=1, max_overflow=0)
+    db = Database(Settings(database_url=database_url), size=1)
     try:
-        async with engine.connect() as conn:
-            pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+        pid = await db.fetchval("SELECT pg_backend_pid()")
         _terminate_without_the_loop(database_url, pid)
-        async with engine.connect() as conn:
-            assert (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one() != pid
+        assert await db.fetchval("SELECT pg_backend_pid()") != pid
     finally:
-        await engine.dispose()
+        await db.close()

@@ -11,10 +11,18 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from boxoffice.expiry import free_expired_holds
 from boxoffice.idempotency import key_hash, request_hash
 from boxoffice.reservations.schemas import ReservationCreate
-from boxoffice.reservations.service import free_expired_holds, token_for_key
-from tests.conftest import ADMIN, SERVER_SECRET, EventFactory, assert_invariants, ticket_ids
+from boxoffice.reservations.tokens import token_for_key
+from tests.conftest import (
+    ADMIN,
+    SERVER_SECRET,
+    EventFactory,
+    assert_invariants,
+    service_db,
+    ticket_ids,
+)
 from tests.test_lifecycle import assert_problem, bearer
 
 CONCURRENT = 20
@@ -106,6 +114,32 @@ async def test_a_refusal_is_not_stored_so_the_key_can_be_retried(
     retried = await post_reserve(client, event["id"], body, key)
     assert retried.status_code == 201, retried.text
     assert "idempotent-replayed" not in retried.headers
+
+
+async def test_a_sold_out_best_available_refusal_is_not_stored_either(
+    client: httpx.AsyncClient, make_event: EventFactory, engine: AsyncEngine
+) -> None:
+    """Best available refused (nothing free) leaves no key behind: once a seat is free again,
+    the same key makes a hold instead of replaying a refusal (or an unfinished answer)."""
+    event = await make_event(rows=1, seats_per_row=1)
+    taken = await post_reserve(client, event["id"], {"quantity": 1, "customer": "b"}, None)
+    assert taken.status_code == 201, taken.text
+    key = str(uuid.uuid4())
+    body = {"quantity": 1, "customer": "a"}
+    assert_problem(await post_reserve(client, event["id"], body, key), 409, "tickets-unavailable")
+    stored = "SELECT count(*) FROM idempotency_keys WHERE key_hash = " + KEY_HASH
+    assert await count(engine, stored, key_hash=stored_hash(key)) == 0
+    released = await client.delete(
+        f"/reservations/{taken.json()['id']}", headers=bearer(taken.json()["token"])
+    )
+    assert released.status_code == 204, released.text
+    retried = await post_reserve(client, event["id"], body, key)
+    assert retried.status_code == 201, retried.text
+    assert "idempotent-replayed" not in retried.headers
+    again = await post_reserve(client, event["id"], body, key)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == retried.json()
+    await assert_invariants(engine, event["id"])
 
 
 async def test_concurrent_reservations_with_one_key_make_one_hold(
@@ -278,7 +312,7 @@ async def test_the_sweeper_deletes_expired_keys_only(
             ),
             {"key_hash": stored_hash(old)},
         )
-    await free_expired_holds(engine, batch_size=1000)
+    await free_expired_holds(service_db(engine), batch_size=1000)
     left = f"SELECT count(*) FROM idempotency_keys WHERE key_hash = {KEY_HASH}"
     assert await count(engine, left, key_hash=stored_hash(old)) == 0
     assert await count(engine, left, key_hash=stored_hash(fresh)) == 1

@@ -16,13 +16,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from boxoffice.config import Settings
-from boxoffice.database import create_engine
 from boxoffice.events.schemas import EventCreate, SectionIn
 from boxoffice.events.service import create_event
+from boxoffice.expiry import sweep_all
 from boxoffice.invariants import Violation, check_invariants
 from boxoffice.migrate import upgrade
-from boxoffice.reservations import service
-from tests.conftest import ADMIN_TOKEN, Databases, wait_for_database_time
+from boxoffice.reservations import holder
+from boxoffice.reservations.records import Hold
+from boxoffice.reservations.reserve import reserve_tickets
+from tests.conftest import ADMIN_TOKEN, Databases, create_engine, service_db, wait_for_database_time
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -41,14 +43,14 @@ class Scene:
 
     event_id: uuid.UUID
     tickets: list[int]
-    held: service.Hold
-    paid: service.Hold
-    released: service.Hold
+    held: Hold
+    paid: Hold
+    released: Hold
 
 
 async def make_scene(engine: AsyncEngine, *, hold_seconds: int = 300) -> Scene:
     event_id = await create_event(
-        engine,
+        service_db(engine),
         event=EventCreate(
             name="Invariant scene",
             starts_at=datetime.now(UTC) + timedelta(days=30),
@@ -64,23 +66,28 @@ async def make_scene(engine: AsyncEngine, *, hold_seconds: int = 300) -> Scene:
         )
         tickets = list(result.all())
 
-    async def hold(ids: list[int], customer: str) -> service.Hold:
-        return await service.reserve_tickets(
-            engine, event_id=event_id, ticket_ids=ids, customer=customer, nowait=False
+    async def hold(ids: list[int], customer: str) -> Hold:
+        return await reserve_tickets(
+            service_db(engine), event_id=event_id, ticket_ids=ids, customer=customer
         )
 
     held = await hold(tickets[0:2], "holder")
     paid = await hold(tickets[2:4], "payer")
-    await service.confirm(
-        engine, reservation_id=paid.reservation_id, token=paid.token, payment_reference="pay-1"
+    await holder.confirm(
+        service_db(engine),
+        reservation_id=paid.reservation_id,
+        token=paid.token,
+        payment_reference="pay-1",
     )
     released = await hold(tickets[4:5], "changed-mind")
-    await service.release(engine, reservation_id=released.reservation_id, token=released.token)
+    await holder.release(
+        service_db(engine), reservation_id=released.reservation_id, token=released.token
+    )
     return Scene(event_id, tickets, held, paid, released)
 
 
 async def violations_of(engine: AsyncEngine, scene: Scene) -> list[Violation]:
-    return await check_invariants(engine, event_id=scene.event_id)
+    return await check_invariants(service_db(engine), event_id=scene.event_id)
 
 
 async def audit(conn: AsyncConnection, ticket: int, old: str, new: str, reason: str) -> None:
@@ -111,7 +118,7 @@ async def test_expired_holds_are_valid_before_and_after_the_sweep(engine: AsyncE
     # `paid` was confirmed in time; only `held` lapses.
     await wait_for_database_time(engine, scene.held.expires_at)
     assert await violations_of(engine, scene) == []
-    result = await service.sweep_all(engine, batch_size=10)
+    result = await sweep_all(service_db(engine), batch_size=10)
     assert result.tickets_freed >= 2
     assert await violations_of(engine, scene) == []
 
@@ -211,12 +218,11 @@ async def event_ticket_count_is_wrong(conn: AsyncConnection, scene: Scene) -> No
 
 
 async def ticket_in_two_live_holds(conn: AsyncConnection, scene: Scene) -> None:
-    second = await service.reserve_tickets(
-        conn.engine,
+    second = await reserve_tickets(
+        service_db(conn.engine),
         event_id=scene.event_id,
         ticket_ids=[scene.tickets[5]],
         customer="second",
-        nowait=False,
     )
     await conn.execute(
         text(
@@ -275,7 +281,7 @@ async def test_checker_names_the_broken_invariant(
     assert any(description in v.description for v in violations), violations
     assert all(v.rows for v in violations)
     # The whole-database check sees it too; a neighbouring valid event stays clean.
-    everywhere = await check_invariants(engine)
+    everywhere = await check_invariants(service_db(engine))
     assert any(description in v.description for v in everywhere)
     neighbour = await make_scene(engine)
     assert await violations_of(engine, neighbour) == []

@@ -19,10 +19,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice.config import Settings
-from boxoffice.database import create_engine
-from boxoffice.errors import sqlstate
 from boxoffice.migrate import alembic_config, downgrade, upgrade
-from tests.conftest import ADMIN_TOKEN, Databases
+from tests.conftest import ADMIN_TOKEN, Databases, create_engine
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE behind a SQLAlchemy error (the driver's error is its `orig`)."""
+    original = getattr(error, "orig", None)
+    for candidate in (error, original, getattr(original, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None)
+        if code:
+            return str(code)
+    return None
+
 
 TABLES = {
     "events",

@@ -22,16 +22,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice.config import Settings, get_settings
-from boxoffice.database import create_engine
+from boxoffice.expiry import free_expired_holds, sweep_all
 from boxoffice.migrate import upgrade
-from boxoffice.reservations.service import free_expired_holds, sweep_all
 from boxoffice.retention import PRUNE_UNSOLD_HOLDS, prune_history
 from tests.conftest import (
     ADMIN,
     ADMIN_TOKEN,
     Databases,
     assert_invariants,
+    create_engine,
     running_server,
+    service_db,
     ticket_ids,
 )
 
@@ -193,7 +194,7 @@ async def history_counts(engine: AsyncEngine, event_id: str | None = None) -> di
 
 async def prune_everything(engine: AsyncEngine) -> None:
     for _ in range(1000):  # bounded: each round deletes a batch or ends the loop
-        if (await prune_history(engine, batch_size=100)).reservations == 0:
+        if (await prune_history(service_db(engine), batch_size=100)).reservations == 0:
             return
     pytest.fail("pruning never finished")
 
@@ -213,7 +214,7 @@ async def test_churn_history_past_the_retention_is_deleted_and_the_rest_kept(
     # A booking of seats with pruned history before it: kept forever, however old.
     paid = await hold(api, event_id, seats[:2], "buyer")
     await confirm(api, paid)
-    await sweep_all(retention_engine, batch_size=1000)
+    await sweep_all(service_db(retention_engine), batch_size=1000)
     await age_ended_holds(retention_engine, event_id)
     # After the aging: a live hold and a release inside the retention, both kept.
     live = await hold(api, event_id, [seats[4]], "live")
@@ -226,7 +227,7 @@ async def test_churn_history_past_the_retention_is_deleted_and_the_rest_kept(
 
     # One sweep prunes one batch, no more (the server's sweeper is off: nothing else runs).
     total = await history_counts(retention_engine)
-    await free_expired_holds(retention_engine, batch_size=50)
+    await free_expired_holds(service_db(retention_engine), batch_size=50)
     assert (await history_counts(retention_engine))["reservations"] == total["reservations"] - 50
     await assert_invariants(retention_engine)
     await prune_everything(retention_engine)
@@ -318,11 +319,11 @@ async def test_zero_retention_keeps_history_forever(
     before = await history_counts(retention_engine, event_id)
 
     retention_hours(0)
-    await free_expired_holds(retention_engine, batch_size=1000)
+    await free_expired_holds(service_db(retention_engine), batch_size=1000)
     assert await history_counts(retention_engine, event_id) == before
     # Back to a retention: ten years is past it.
     retention_hours(168)
-    await free_expired_holds(retention_engine, batch_size=1000)
+    await free_expired_holds(service_db(retention_engine), batch_size=1000)
     assert await history_counts(retention_engine, event_id) == dict.fromkeys(HISTORY_TABLES, 0)
     await assert_invariants(retention_engine)
 
@@ -361,7 +362,9 @@ async def test_sweep_skips_locked_rows_and_never_blocks_buyers(
                 "SELECT id FROM tickets WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
                 [seats[1]],
             )
-            await asyncio.wait_for(free_expired_holds(retention_engine, batch_size=1000), 5)
+            await asyncio.wait_for(
+                free_expired_holds(service_db(retention_engine), batch_size=1000), 5
+            )
             assert await remaining(retention_engine, old) == {old[0]["id"]}
     finally:
         await buyer_a.close()
@@ -378,9 +381,7 @@ async def test_sweep_skips_locked_rows_and_never_blocks_buyers(
         await release(api, reservation)
     await age_ended_holds(retention_engine, event_id)
     async with retention_engine.begin() as sweeper:
-        counts = (
-            await sweeper.execute(PRUNE_UNSOLD_HOLDS, {"retention_hours": 168, "batch": 1000})
-        ).one()
+        counts = (await sweeper.exec_driver_sql(PRUNE_UNSOLD_HOLDS, (168, 1000))).one()
         assert counts.reservations == 2
         paid = await hold(api, event_id, [seats[0]], "buyer")
         await confirm(api, paid)

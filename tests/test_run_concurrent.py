@@ -14,13 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import run_concurrent
 from boxoffice.config import Settings
-from boxoffice.database import create_engine
 from run_concurrent import Outcome, judge
 from tests.conftest import (
     ADMIN_TOKEN,
     Databases,
     EventFactory,
     assert_invariants,
+    create_engine,
     free_port,
     running_server,
     ticket_ids,

@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice import cli
 from boxoffice.config import Settings
-from boxoffice.database import create_engine
 from boxoffice.invariants import Violation
 from boxoffice.migrate import upgrade
 from boxoffice.simulate import runner
@@ -25,7 +24,14 @@ from boxoffice.simulate.load import Budget, Recorder
 from boxoffice.simulate.outcomes import Attempt, InvariantReport
 from boxoffice.simulate.scenarios import SCENARIOS, make_plan, seated_sections
 from boxoffice.simulate.verdict import judge, percentile, summarize
-from tests.conftest import ADMIN_TOKEN, Databases, assert_invariants, free_port, running_server
+from tests.conftest import (
+    ADMIN_TOKEN,
+    Databases,
+    assert_invariants,
+    create_engine,
+    free_port,
+    running_server,
+)
 
 # --- the verdict on hand-made runs ------------------------------------------------------------
 
@@ -258,9 +264,11 @@ async def test_the_budget_stops_new_buyers_and_an_abort_wakes_thinkers() -> None
 # --- the command, in this process -------------------------------------------------------------
 
 
-def simulate(*argv: str, settings: Settings | None = None) -> int:
-    """`boxoffice simulate ARGV` with settings from nowhere but the arguments."""
-    args = cli.build_parser().parse_args(["simulate", *argv])
+def simulate(*argv: str, settings: Settings | None = None, keyed: bool = False) -> int:
+    """`boxoffice simulate ARGV` with settings from nowhere but the arguments; `keyed`:
+    `--idempotency-keys` (a fresh Idempotency-Key on every reservation attempt)."""
+    keys = ["--idempotency-keys"] if keyed else []
+    args = cli.build_parser().parse_args(["simulate", *argv, *keys])
     return runner.main(args, settings or Settings(_env_file=None))  # type: ignore[call-arg]
 
 
@@ -268,9 +276,11 @@ def against(live_server: str, database_url: str) -> list[str]:
     return ["--url", live_server, "--database-url", database_url, "--admin-token", ADMIN_TOKEN]
 
 
-async def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+async def run_json(
+    capsys: pytest.CaptureFixture[str], *argv: str, keyed: bool = False
+) -> tuple[int, dict[str, Any]]:
     # In a thread: the simulator runs its own event loop, as it does from the command line.
-    code = await asyncio.to_thread(simulate, *argv, "--json")
+    code = await asyncio.to_thread(simulate, *argv, "--json", keyed=keyed)
     captured = capsys.readouterr()
     try:
         report: dict[str, Any] = json.loads(captured.out)
@@ -312,6 +322,44 @@ async def test_one_ticket_exactly_one_winner(
         report["event_id"],
     )
     assert holds == {f"sim-{report['settings']['seed']}-{report['winners'][0]}": 1}
+    await assert_invariants(engine, report["event_id"])
+
+
+@pytest.mark.parametrize(
+    ("scenario", "options"),
+    [("one-ticket", ("--buyers", "50")), ("best-available", ("--buyers", "40", "--quantity", "2"))],
+)
+async def test_keyed_buyers_take_the_keyed_path_with_the_same_verdict(
+    scenario: str,
+    options: tuple[str, ...],
+    live_server: str,
+    database_url: str,
+    engine: AsyncEngine,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each attempt with a fresh Idempotency-Key, as the buyer's web page sends it: the same
+    verdict and invariants as without, and every win went through the key's claim."""
+    code, report = await run_json(
+        capsys, scenario, *options, *against(live_server, database_url), keyed=True
+    )
+    assert_clean(code, report)
+    assert report["idempotency_keys"] is True and report["path"].startswith("keyed")
+    assert report["settings"]["idempotency_keys"] is True
+    if scenario == "one-ticket":
+        assert (report["attempts"], report["wins"], report["refused"]) == (50, 1, 49)
+        assert report["conflicts"] == {"tickets-unavailable": 49}
+    else:
+        assert report["attempts"] == 40 and report["wins"] >= 1
+        assert report["tickets_won"] == 2 * report["wins"] <= report["supply"]
+        assert report["tickets_won"] + report["tickets_left"] == report["supply"]
+    # Every win went through the keyed path: its key is stored with its answer (201).
+    keys = await counts(
+        engine,
+        "SELECT 'answered', count(*) FROM idempotency_keys WHERE status_code = 201"
+        " AND scope = 'POST /events/{event_id}/reservations ' || CAST(CAST(:e AS uuid) AS text)",
+        report["event_id"],
+    )
+    assert keys == {"answered": report["wins"]}
     await assert_invariants(engine, report["event_id"])
 
 
@@ -416,6 +464,8 @@ def test_the_table_for_people(
     assert "20× tickets-unavailable" not in out and "19× tickets-unavailable" in out
     verdict = [line for line in out.splitlines() if line.startswith("VERDICT:")]
     assert len(verdict) == 1 and verdict[0].startswith("VERDICT: OK — exactly one winner")
+    # Which path was measured: no Idempotency-Key unless asked for.
+    assert "unkeyed: no Idempotency-Key" in out
 
 
 def test_setup_errors_exit_2(

@@ -46,10 +46,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice.config import Settings
-from boxoffice.database import create_engine
+from boxoffice.db import Database
+from boxoffice.expiry import sweep_all
 from boxoffice.invariants import check_invariants
-from boxoffice.reservations.service import sweep_all
-from tests.conftest import ADMIN, ADMIN_TOKEN
+from tests.conftest import ADMIN, ADMIN_TOKEN, create_engine
 
 PROBLEM_BASE = "https://boxoffice.dev/problems/"
 T = TypeVar("T")
@@ -81,6 +81,7 @@ class Context:
 
     client: httpx.Client
     engine: AsyncEngine
+    db: Database  # the service's own data layer, on this loop
     runner: asyncio.Runner
     foreign_ids: list[int]  # not tickets of the example's event (len == 2)
 
@@ -395,7 +396,7 @@ class BoxOfficeMachine(RuleBasedStateMachine):
         # The sweeper is global, so its counts include lapsed holds of earlier examples (and
         # tests): asserting on them would make a failure depend on history. What it did to
         # this event's rows is checked after the step (database_agrees_with_the_model).
-        self.ctx.run(sweep_all(self.ctx.engine, batch_size=1000))
+        self.ctx.run(sweep_all(self.ctx.db, batch_size=1000))
         for hold in lapsed:
             hold.stored = "expired"
         for ticket in self.tickets:
@@ -461,9 +462,7 @@ class BoxOfficeMachine(RuleBasedStateMachine):
 
     @invariant()
     def database_invariants_hold(self) -> None:
-        violations = self.ctx.run(
-            check_invariants(self.ctx.engine, event_id=uuid.UUID(self.event_id))
-        )
+        violations = self.ctx.run(check_invariants(self.ctx.db, event_id=uuid.UUID(self.event_id)))
         assert violations == [], "\n".join(str(v) for v in violations)
 
 
@@ -546,9 +545,14 @@ def test_random_hold_lifecycles_match_the_model(live_server: str, database_url: 
         engine = create_engine(
             Settings(database_url=database_url, admin_token=ADMIN_TOKEN), pool_size=2
         )
+
+        async def open_db() -> Database:
+            return Database(Settings(database_url=database_url, admin_token=ADMIN_TOKEN), size=2)
+
+        db = runner.run(open_db())
         try:
             foreign = create_foreign_tickets(client)
-            BoxOfficeMachine.ctx = Context(client, engine, runner, foreign)
+            BoxOfficeMachine.ctx = Context(client, engine, db, runner, foreign)
             run_state_machine_as_test(
                 BoxOfficeMachine,
                 settings=settings(
@@ -565,4 +569,5 @@ def test_random_hold_lifecycles_match_the_model(live_server: str, database_url: 
                 ),
             )
         finally:
+            runner.run(db.close())
             runner.run(engine.dispose())

@@ -18,11 +18,12 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from boxoffice.reservations.service import sweep_all
+from boxoffice.expiry import sweep_all
 from tests.conftest import (
     EventFactory,
     assert_invariants,
     running_server,
+    service_db,
     serving,
     ticket_ids,
 )
@@ -169,7 +170,7 @@ async def test_a_stream_starts_from_a_snapshot_and_hears_every_change(
         await everyone_hears(dict.fromkeys(seats[3:5], "reserved"))
         moved, _ = await move_expiry_into_the_past(engine, hold["id"])
         assert moved
-        await sweep_all(engine, batch_size=100)
+        await sweep_all(service_db(engine), batch_size=100)
         await everyone_hears(dict.fromkeys(seats[3:5], "available"))
     await assert_invariants(engine, event["id"])
 
@@ -249,7 +250,7 @@ async def test_a_big_sweep_arrives_in_notifications_that_fit(
     async with stream(live_server, event["id"]) as listening:
         snapshot = await listening.next()
         assert set(snapshot.tickets.values()) == {"available"}  # lapsed holds count as free
-        await sweep_all(engine, batch_size=1000)
+        await sweep_all(service_db(engine), batch_size=1000)
         sizes = []
         freed: dict[int, str] = {}
         while len(freed) < len(seats):

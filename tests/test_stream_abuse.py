@@ -33,14 +33,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice.config import Settings
-from boxoffice.database import create_engine
 from boxoffice.errors import ServiceUnavailable
 from boxoffice.live.feed import MAX_PENDING, Subscription, TicketFeed, TooManyStreams
 from boxoffice.live.relay import RELAY_LOCK
 from boxoffice.live.service import MAX_REPLAYED_CHANGES, SharedSnapshots
 from boxoffice.migrate import upgrade
-from boxoffice.tickets.sql import EFFECTIVE_STATUS
-from tests.conftest import ADMIN, ADMIN_TOKEN, Databases, Served, serving, ticket_ids
+from tests.conftest import ADMIN, ADMIN_TOKEN, Databases, Served, create_engine, serving, ticket_ids
 from tests.test_lifecycle import assert_problem, bearer
 from tests.test_metrics import parse, value
 from tests.test_stream import snapshot_statuses
@@ -220,7 +218,10 @@ async def no_streams_open(client: httpx.AsyncClient) -> None:
 async def database_state(engine: AsyncEngine, event_id: str) -> dict[int, str]:
     async with engine.connect() as conn:
         rows = await conn.execute(
-            text(f"SELECT t.id, ({EFFECTIVE_STATUS})::text FROM tickets t WHERE t.event_id = :e"),
+            text(
+                "SELECT t.id, ticket_effective_status(t.status, t.hold_expires_at)::text"
+                " FROM tickets t WHERE t.event_id = :e"
+            ),
             {"e": uuid.UUID(event_id)},
         )
         return {int(ticket_id): status for ticket_id, status in rows}

@@ -23,13 +23,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice.config import Settings
-from boxoffice.database import create_engine
 from boxoffice.migrate import upgrade
 from tests.conftest import (
     ADMIN,
     ADMIN_TOKEN,
     Databases,
     assert_invariants,
+    create_engine,
     running_server,
     ticket_ids,
     wait_for_database_time,

@@ -87,20 +87,17 @@ def _cause(error: BaseException) -> str:
 
 def _check_database(settings: Settings) -> None:
     """Connect once, the way the service does, so a bad setting is one clear message."""
-    from sqlalchemy import text
-
-    from boxoffice.database import create_engine
+    from boxoffice.db import Database
 
     url = settings.database_url
     assert url is not None
 
     async def connect() -> None:
-        engine = create_engine(settings, pool_size=1)
+        db = Database(settings, size=1)
         try:
-            async with engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
+            await db.fetchval("SELECT 1")
         finally:
-            await engine.dispose()
+            await db.close()
 
     try:
         asyncio.run(connect())
@@ -135,14 +132,14 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 async def _seed(url: str, settings: Settings, *, force: bool = False) -> int:
-    from boxoffice.database import create_engine
+    from boxoffice.db import Database
     from boxoffice.seed import seed_demo
 
-    engine = create_engine(settings.model_copy(update={"database_url": url}))
+    db = Database(settings, url=url)
     try:
-        return await seed_demo(engine, hold_seconds=settings.hold_seconds, force=force)
+        return await seed_demo(db, hold_seconds=settings.hold_seconds, force=force)
     finally:
-        await engine.dispose()
+        await db.close()
 
 
 def _migrate(url: str, settings: Settings) -> str:
@@ -219,14 +216,14 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _seed_original_demo(url: str, settings: Settings) -> str:
-    from boxoffice.database import create_engine
+    from boxoffice.db import Database
     from boxoffice.seed import seed_original_demo
 
-    engine = create_engine(settings.model_copy(update={"database_url": url}))
+    db = Database(settings, url=url)
     try:
-        result = await seed_original_demo(engine, hold_seconds=settings.hold_seconds)
+        result = await seed_original_demo(db, hold_seconds=settings.hold_seconds)
     finally:
-        await engine.dispose()
+        await db.close()
     return (
         f"boxoffice: the original demo's data is in place ({result.created_tickets} tickets "
         f"created, {result.reset_tickets} put back on sale; all ten are available)"
@@ -249,15 +246,15 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
-    from boxoffice.database import create_engine
-    from boxoffice.reservations.service import sweep_all
+    from boxoffice.db import Database
+    from boxoffice.expiry import sweep_all
 
     async def sweep(url: str) -> None:
-        engine = create_engine(settings.model_copy(update={"database_url": url}))
+        db = Database(settings, url=url)
         try:
-            result = await sweep_all(engine, batch_size=settings.sweep_batch_size)
+            result = await sweep_all(db, batch_size=settings.sweep_batch_size)
         finally:
-            await engine.dispose()
+            await db.close()
         print(
             f"boxoffice: freed {result.tickets_freed} tickets, "
             f"marked {result.reservations_expired} holds expired"
@@ -269,8 +266,22 @@ def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    # Imported here: rich, httpx and the simulator load only for this command.
-    from boxoffice.simulate.runner import main as simulate
+    # Imported here: rich, httpx and the simulator load only for this command, and only the
+    # `simulate` extra installs them (the Docker image ships without the simulator at all).
+    try:
+        from boxoffice.simulate.runner import main as simulate
+    except ModuleNotFoundError as missing:
+        name = missing.name or ""
+        if name.partition(".")[0] not in {"httpx", "rich"} and not name.startswith(
+            "boxoffice.simulate"
+        ):
+            raise
+        print(
+            f"boxoffice simulate: {missing.name} is not installed: install boxoffice[simulate] "
+            "(in a checkout: scripts/bootstrap.sh simulate)",
+            file=sys.stderr,
+        )
+        return 2
 
     return simulate(args, settings)
 
@@ -343,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
     simulate.add_argument(
         "--no-invariants", action="store_true", help="do not check the database (no exit 1 for it)"
+    )
+    simulate.add_argument(
+        "--idempotency-keys",
+        action="store_true",
+        help="send a fresh Idempotency-Key with every reservation (the web page's path)",
     )
     simulate.add_argument("--json", action="store_true", help="one JSON object, no table")
     simulate.add_argument("--plot", metavar="FILE.png", help="latency and throughput charts")

@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     metrics_token: str | None = Field(default=None, min_length=16)
 
     hold_seconds: int = Field(default=300, ge=1, le=86_400)
-    # How long a reservation waits for a row another buyer is locking; 0 means NOWAIT.
+    # How long any statement waits for a row lock another request holds before it gives up
+    # (a 409); 0: do not wait (PostgreSQL's shortest lock_timeout, 1 ms). The one lock policy:
+    # every buyer-facing statement runs under it (boxoffice.db.server_settings).
     lock_timeout_ms: int = Field(default=100, ge=0, le=10_000)
     # Bounds every statement so a stuck query cannot hold a pool slot forever.
     statement_timeout_ms: int = Field(default=10_000, ge=100)

@@ -1,4 +1,4 @@
-"""Request-scoped dependencies shared by the routers: engine, settings and credentials.
+"""Request-scoped dependencies shared by the routers: database, settings and credentials.
 
 All `async def`: FastAPI runs plain `def` dependencies in a thread pool, and that hand-off
 was a sixth of a reservation's CPU time in the profile.
@@ -9,17 +9,17 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice.config import Settings
+from boxoffice.db import Database
 from boxoffice.errors import Forbidden, InvalidRequest, Unauthorized
 
 _bearer = HTTPBearer(auto_error=False, description="The admin token, or a reservation's token.")
 
 
-async def get_engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.engine
-    return engine
+async def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -77,6 +77,6 @@ def page_size(limit: int, settings: Settings) -> int:
     return limit
 
 
-Engine = Annotated[AsyncEngine, Depends(get_engine)]
+Db = Annotated[Database, Depends(get_db)]
 AppSettings = Annotated[Settings, Depends(get_app_settings)]
 HolderToken = Annotated[str, Depends(holder_token)]

@@ -9,12 +9,16 @@ answer at its end, so the key and the effect commit (or roll back) together:
     a 409 with the same key once the seats free up, and get a fresh attempt.
 Keys live 24 hours; an older key is ignored and overwritten by its next use.
 
+A reservation, the hot path, does the same in one statement instead of a transaction: its
+key is claimed by the very statement that makes the hold, and what is stored is only the
+hold's id; a replay renders the hold again (reservations.reserve).
+
 The table holds no secret a buyer sent or received: only an HMAC of the key under the
 server secret (which the database never sees, so a backup cannot even test guesses), and
-answers with any bearer token taken out. Such answers get their token back at replay time
-from `restore` (see reservations.service's `token_for_key`: a keyed hold's token is derived
-from the key and the server secret). Keys must carry at least 128 bits: 22 or more
-base64url characters, or a UUID, so a stranger cannot guess a buyer's key and replay it.
+answers without bearer tokens (a keyed hold's token is derived from the key and the server
+secret again at replay time: reservations.tokens.token_for_key). Keys must carry at least
+128 bits: 22 or more base64url characters, or a UUID, so a stranger cannot guess a buyer's
+key and replay it.
 """
 
 import hashlib
@@ -28,21 +32,19 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import Depends, Header
 from pydantic import BaseModel
-from sqlalchemy import CheckConstraint, DateTime, Index, Integer, LargeBinary, Text, func, text
+from sqlalchemy import CheckConstraint, DateTime, Index, Integer, LargeBinary, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
 from boxoffice.database import Base
 from boxoffice.errors import IdempotencyKeyReused, IdempotentReplay
-from boxoffice.pg import Statement, fetch
 
 MAX_KEY_LENGTH = 200
 # 22 base64url characters are 132 bits; a UUID (36 characters with its hyphens) has 122
 # random ones plus its fixed bits, and is what browsers make (crypto.randomUUID).
 MIN_KEY_LENGTH = 22
 KEY_PATTERN = r"^[A-Za-z0-9_-]+$"
-TTL = "24 hours"
+KEY_TTL = "24 hours"
 
 
 class IdempotencyKeyRow(Base):
@@ -76,10 +78,9 @@ class IdempotencyRequest:
     scope: str
     request_hash: bytes
     status_code: int
-    # The service's result -> the JSON body the router answers with; stored for replays.
+    # The service's result -> the JSON body the router answers with (stored for replays,
+    # except a hold's: see reservations.reserve).
     render: Callable[[Any], Any]
-    # The stored body -> the replayed body, for answers stored with a secret taken out.
-    restore: Callable[[Any], Any] | None = None
 
 
 def request_hash(body: BaseModel, *extra: str) -> bytes:
@@ -114,67 +115,51 @@ async def idempotency_key(
 
 IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
 
-# The session's lock_timeout is short so a busy seat is a quick 409; waiting for the first
-# request with our key is different (it commits in milliseconds and then we replay it), so
-# that one wait is bounded by statement_timeout only, and the short timeout comes back after.
-_WAIT_FOR_KEY = "SELECT set_config('lock_timeout', '0', true)"
-_RESTORE_LOCK_TIMEOUT = (
-    "SELECT set_config('lock_timeout', reset_val, true) FROM pg_settings"
-    " WHERE name = 'lock_timeout'"
-)
 # Claim the key, or take over one that expired. On conflict with a row still being written,
 # PostgreSQL waits for that transaction; DO UPDATE ... WHERE then re-checks the committed row.
+# The wait is for a retry's twin, which commits in milliseconds: it is bounded by
+# statement_timeout, not the short lock_timeout meant for busy seats (SET LOCAL: this
+# transaction only).
+_WAIT_FOR_KEYS = "SET LOCAL lock_timeout = 0"
 _CLAIM = f"""
-    INSERT INTO idempotency_keys AS k (scope, key_hash, request_hash)
-    VALUES (:scope, :key_hash, :request_hash)
-    ON CONFLICT (scope, key_hash) DO UPDATE
-    SET request_hash = EXCLUDED.request_hash, status_code = NULL, response_body = NULL,
-        created_at = now()
-    WHERE k.created_at <= now() - interval '{TTL}'
-    RETURNING true AS claimed
+INSERT INTO idempotency_keys AS k (scope, key_hash, request_hash)
+VALUES ($1, $2, $3)
+ON CONFLICT (scope, key_hash) DO UPDATE
+SET request_hash = EXCLUDED.request_hash, status_code = NULL, response_body = NULL,
+    created_at = now()
+WHERE k.created_at <= now() - interval '{KEY_TTL}'
+RETURNING true AS claimed
 """
-# ::text so both drivers (SQLAlchemy may install its own jsonb codec) hand back a string.
-_STORED = (
-    "SELECT request_hash, status_code, response_body::text AS body FROM idempotency_keys"
-    " WHERE scope = :scope AND key_hash = :key_hash"
-)
-_FINISH = (
-    "UPDATE idempotency_keys SET status_code = :status_code,"
-    " response_body = CAST(CAST(:body AS text) AS jsonb)"
-    " WHERE scope = :scope AND key_hash = :key_hash"
-)
+# ::text: the answer is replayed as it was stored, without a round trip through a codec.
+_STORED = f"""
+SELECT request_hash, status_code, response_body::text AS body
+FROM idempotency_keys
+WHERE scope = $1 AND key_hash = $2 AND created_at > now() - interval '{KEY_TTL}'
+"""
+_FINISH = """
+UPDATE idempotency_keys SET status_code = $3, response_body = $4::text::jsonb
+WHERE scope = $1 AND key_hash = $2
+"""
 
 # For the sweeper: expired keys are already ignored, deleting them only bounds the table.
 # SKIP LOCKED, like the rest of the sweep: a key being taken over right now is left alone.
-DELETE_EXPIRED_KEYS = text(
-    f"""
-    DELETE FROM idempotency_keys k USING (
-        SELECT scope, key_hash FROM idempotency_keys
-        WHERE created_at <= now() - interval '{TTL}'
-        ORDER BY created_at LIMIT :batch FOR UPDATE SKIP LOCKED
-    ) expired
-    WHERE k.scope = expired.scope AND k.key_hash = expired.key_hash
-    """
-)
-
-_WAIT_FOR_KEY_PG = Statement.from_named(_WAIT_FOR_KEY)
-_RESTORE_LOCK_TIMEOUT_PG = Statement.from_named(_RESTORE_LOCK_TIMEOUT)
-_CLAIM_PG = Statement.from_named(_CLAIM)
-_STORED_PG = Statement.from_named(_STORED)
-_FINISH_PG = Statement.from_named(_FINISH)
+DELETE_EXPIRED_KEYS = f"""
+DELETE FROM idempotency_keys k USING (
+    SELECT scope, key_hash FROM idempotency_keys
+    WHERE created_at <= now() - interval '{KEY_TTL}'
+    ORDER BY created_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) expired
+WHERE k.scope = expired.scope AND k.key_hash = expired.key_hash
+"""
 
 
-def _replay_or_refuse(request: IdempotencyRequest, stored: Any) -> IdempotentReplay:
-    if bytes(stored["request_hash"]) != request.request_hash:
-        raise IdempotencyKeyReused(
-            "this Idempotency-Key was already used with a different request body"
-        )
-    # A committed row always has its answer: the claim and the answer share a transaction.
-    assert stored["status_code"] is not None, "idempotency key committed without an answer"
-    body = json.loads(stored["body"])
-    if request.restore is not None:
-        body = request.restore(body)
-    return IdempotentReplay(stored["status_code"], body)
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    request_hash: bytes
+    status_code: int
+    body: str
 
 
 def key_hash(secret: bytes, key: str) -> str:
@@ -182,50 +167,65 @@ def key_hash(secret: bytes, key: str) -> str:
     return hmac.new(secret, b"idempotency key\0" + key.encode(), hashlib.sha256).hexdigest()
 
 
-def _params(request: IdempotencyRequest) -> dict[str, Any]:
-    return {"scope": request.scope, "key_hash": key_hash(request.secret, request.key)}
+async def stored_answer(
+    conn: asyncpg.Connection, request: IdempotencyRequest
+) -> StoredAnswer | None:
+    """The committed answer of this key, if it has one and is not past its 24 hours."""
+    row = await conn.fetchrow(_STORED, request.scope, key_hash(request.secret, request.key))
+    if row is None or row["status_code"] is None:
+        return None
+    return StoredAnswer(bytes(row["request_hash"]), row["status_code"], row["body"])
 
 
-async def claim(conn: AsyncConnection, request: IdempotencyRequest) -> None:
-    """First statement of the effect's SQLAlchemy transaction: claim the key, or raise
-    IdempotentReplay (rolling the transaction back) with the stored answer."""
-    await conn.execute(text(_WAIT_FOR_KEY))
-    claimed = await conn.execute(
-        text(_CLAIM), {**_params(request), "request_hash": request.request_hash}
-    )
-    if claimed.first() is None:
-        stored = (await conn.execute(text(_STORED), _params(request))).mappings().one()
+async def settled_answer(
+    conn: asyncpg.Connection, request: IdempotencyRequest
+) -> StoredAnswer | None:
+    """The key's committed answer, once a request with the same key that is still in flight
+    has ended; None if the key has no answer (then nothing was stored, nor is now).
+
+    For a keyed request that made nothing (a refusal): a twin with the same key may have
+    taken the seats it found gone, and be about to commit. Trying to claim the key waits for
+    that twin (on the key's primary key); the probe's own claim is always rolled back.
+    """
+    hashed = key_hash(request.secret, request.key)
+    probe = conn.transaction()
+    await probe.start()
+    try:
+        await conn.execute(_WAIT_FOR_KEYS)
+        if await conn.fetchval(_CLAIM, request.scope, hashed, request.request_hash) is not None:
+            return None
+        return await stored_answer(conn, request)
+    finally:
+        await probe.rollback()
+
+
+def _replay_or_refuse(request: IdempotencyRequest, stored: StoredAnswer) -> IdempotentReplay:
+    if stored.request_hash != request.request_hash:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    return IdempotentReplay(stored.status_code, json.loads(stored.body))
+
+
+async def claim(conn: asyncpg.Connection, request: IdempotencyRequest) -> None:
+    """First statement of the effect's transaction: claim the key, or raise IdempotentReplay
+    (rolling the transaction back) with the stored answer."""
+    hashed = key_hash(request.secret, request.key)
+    await conn.execute(_WAIT_FOR_KEYS)
+    if await conn.fetchval(_CLAIM, request.scope, hashed, request.request_hash) is None:
+        stored = await stored_answer(conn, request)
+        # A committed row always has its answer: the claim and the answer share a transaction.
+        assert stored is not None, "idempotency key committed without an answer"
         raise _replay_or_refuse(request, stored)
-    await conn.execute(text(_RESTORE_LOCK_TIMEOUT))
+    await conn.execute("SET LOCAL lock_timeout = DEFAULT")
 
 
-async def finish(conn: AsyncConnection, request: IdempotencyRequest, result: Any) -> None:
+async def finish(conn: asyncpg.Connection, request: IdempotencyRequest, result: Any) -> None:
     """Last statement of the effect's transaction: store the answer with the effect."""
     await conn.execute(
-        text(_FINISH),
-        {
-            **_params(request),
-            "status_code": request.status_code,
-            "body": json.dumps(request.render(result)),
-        },
-    )
-
-
-async def claim_pg(conn: asyncpg.Connection, request: IdempotencyRequest) -> None:
-    """`claim` for a raw asyncpg connection inside `conn.transaction()` (the hot path)."""
-    await fetch(conn, _WAIT_FOR_KEY_PG)
-    claimed = await fetch(conn, _CLAIM_PG, **_params(request), request_hash=request.request_hash)
-    if not claimed:
-        (stored,) = await fetch(conn, _STORED_PG, **_params(request))
-        raise _replay_or_refuse(request, stored)
-    await fetch(conn, _RESTORE_LOCK_TIMEOUT_PG)
-
-
-async def finish_pg(conn: asyncpg.Connection, request: IdempotencyRequest, result: Any) -> None:
-    await fetch(
-        conn,
-        _FINISH_PG,
-        **_params(request),
-        status_code=request.status_code,
-        body=json.dumps(request.render(result)),
+        _FINISH,
+        request.scope,
+        key_hash(request.secret, request.key),
+        request.status_code,
+        json.dumps(request.render(result)),
     )

@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import gc
-import inspect
 import logging
 import signal
 import threading
@@ -11,35 +10,25 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from fastapi import FastAPI
 
 from boxoffice import __version__, metrics
+from boxoffice.admin.router import router as admin_router
 from boxoffice.config import Settings, get_settings
 from boxoffice.credentials import admin_token, server_secret
-from boxoffice.database import create_engine
-from boxoffice.dependencies import require_metrics_token
+from boxoffice.db import Database
+from boxoffice.demo.router import router as demo_router
 from boxoffice.docs import install_docs
-from boxoffice.errors import (
-    BoxofficeError,
-    install_error_handlers,
-    install_problem_schema,
-    problem_responses,
-    sqlstate,
-    unavailable,
-)
 from boxoffice.events.router import router as events_router
+from boxoffice.expiry import run_sweeper
 from boxoffice.live.feed import TicketFeed
 from boxoffice.live.relay import ChangeRelay
 from boxoffice.live.router import router as live_router
 from boxoffice.logs import configure_logging
 from boxoffice.middleware import OpsMiddleware
+from boxoffice.ops.router import router as ops_router
+from boxoffice.problems import install_error_handlers, install_problem_schema
 from boxoffice.reservations.router import router as reservations_router
-from boxoffice.reservations.service import sweep_all
 from boxoffice.supervision import watch_parent
 from boxoffice.tickets.router import router as tickets_router
 from boxoffice.web import install_web
@@ -47,63 +36,11 @@ from boxoffice.web import install_web
 logger = logging.getLogger("boxoffice")
 
 
-async def run_sweeper(engine: AsyncEngine, settings: Settings) -> None:
-    """Free expired holds every few seconds; safe in every worker at once (SKIP LOCKED)."""
-    while True:
-        try:
-            result = await sweep_all(engine, batch_size=settings.sweep_batch_size)
-            metrics.record_sweep(result.tickets_freed, result.reservations_expired)
-            if result.tickets_freed or result.reservations_expired:
-                logger.info(
-                    "sweeper freed %d tickets of %d expired holds",
-                    result.tickets_freed,
-                    result.reservations_expired,
-                )
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            # A database outage must not kill the sweeper; holds stay free lazily meanwhile.
-            metrics.record_sweep_failure()
-            logger.warning("sweeper run failed: %s", error)
-        await asyncio.sleep(settings.sweep_interval_seconds)
-
-
-async def sample_pool(engine: AsyncEngine) -> None:
+async def sample_pool(db: Database) -> None:
     """Publish this worker's pool usage every second (a gauge the other workers cannot read)."""
     while True:
-        metrics.sample_pool(engine)
+        metrics.sample_pool(db)
         await asyncio.sleep(1.0)
-
-
-_LOCK_NOT_AVAILABLE = "55P03"
-
-
-def _count_lock_timeouts(app: FastAPI) -> None:
-    """Count lock timeouts on the error path only, wrapping the handlers that answer them.
-
-    The services turn asyncpg's LockNotAvailableError into a 409 domain error (`raise ... from
-    None` keeps it as __context__); elsewhere it reaches the database handlers as it is.
-    """
-    handlers = app.exception_handlers
-
-    def wrap(kind: type[BaseException], is_lock_timeout: Any) -> None:
-        inner = handlers[kind]
-
-        async def handler(request: Request, exc: Exception) -> Any:
-            if is_lock_timeout(exc):
-                metrics.LOCK_TIMEOUTS.inc()
-            response = inner(request, exc)
-            return await response if inspect.isawaitable(response) else response
-
-        handlers[kind] = handler
-
-    wrap(BoxofficeError, lambda exc: sqlstate_of(exc.__context__) == _LOCK_NOT_AVAILABLE)
-    wrap(DBAPIError, lambda exc: sqlstate_of(exc) == _LOCK_NOT_AVAILABLE)
-    wrap(asyncpg.PostgresError, lambda exc: sqlstate_of(exc) == _LOCK_NOT_AVAILABLE)
-
-
-def sqlstate_of(error: BaseException | None) -> str | None:
-    return sqlstate(error) if error is not None else None
 
 
 def _end_streams_on_stop_signal(feed: TicketFeed) -> None:
@@ -140,15 +77,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings)
-        app.state.engine = engine
+        db = Database(settings)
+        app.state.db = db
         # Everything imported so far lives as long as the process: keep it out of the
         # collector's way, so collections stay short on the request path.
         gc.collect()
         gc.freeze()
-        tasks = [asyncio.create_task(sample_pool(engine), name="pool-sampler")]
+        tasks = [asyncio.create_task(sample_pool(db), name="pool-sampler")]
         if settings.sweep_interval_seconds > 0:
-            tasks.append(asyncio.create_task(run_sweeper(engine, settings), name="sweeper"))
+            tasks.append(asyncio.create_task(run_sweeper(db, settings), name="sweeper"))
         assert settings.database_url is not None
         feed = TicketFeed(settings.database_url)
         app.state.ticket_feed = feed
@@ -166,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await engine.dispose()
+            await db.close()
             metrics.worker_exiting()
 
     app = FastAPI(
@@ -184,64 +121,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     install_error_handlers(app)
     install_problem_schema(app)
-    _count_lock_timeouts(app)
     app.add_middleware(OpsMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.include_router(ops_router)
     app.include_router(events_router)
     app.include_router(live_router)
     app.include_router(tickets_router)
+    app.include_router(demo_router)
     app.include_router(reservations_router)
+    app.include_router(admin_router)
     install_web(app)
-
-    @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get(
-        "/readyz",
-        tags=["ops"],
-        summary="Readiness: the database answers",
-        responses={
-            200: {
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"status": {"const": "ready"}},
-                            "required": ["status"],
-                        }
-                    }
-                }
-            },
-            **problem_responses(503, descriptions={503: "The database does not answer."}),
-        },
-    )
-    async def readyz(request: Request) -> JSONResponse:
-        engine: AsyncEngine = request.app.state.engine
-        try:
-            async with asyncio.timeout(settings.pool_timeout_seconds):
-                async with engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
-        except Exception as error:
-            logger.warning("not ready: %s", error.__class__.__name__)
-            return unavailable("the database does not answer")
-        return JSONResponse({"status": "ready"})
-
-    @app.get(
-        "/metrics",
-        tags=["ops"],
-        summary="Prometheus metrics, summed over the workers",
-        description="With METRICS_TOKEN set, send it as `Authorization: Bearer <token>`.",
-        # The Prometheus text format, not JSON.
-        response_class=PlainTextResponse,
-        dependencies=[Depends(require_metrics_token)],
-        responses=problem_responses(401, 403),
-    )
-    def prometheus_metrics(request: Request) -> Response:
-        # A plain def: reading the workers' sample files is blocking I/O, so a thread runs it.
-        engine: AsyncEngine | None = getattr(request.app.state, "engine", None)
-        if engine is not None:
-            metrics.sample_pool(engine)
-        body, content_type = metrics.exposition()
-        return Response(body, media_type=content_type)
 
     return app

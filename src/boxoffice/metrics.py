@@ -7,7 +7,7 @@ built in-process, e.g. by a test) the metrics are this process's own.
 """
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,7 +19,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+if TYPE_CHECKING:
+    from boxoffice.db import Database
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -114,10 +116,9 @@ def observe_request(
         outcome_counter.inc()
 
 
-def sample_pool(engine: AsyncEngine) -> None:
-    pool: Any = engine.pool
-    POOL_CHECKED_OUT.set(pool.checkedout())
-    POOL_SIZE.set(pool.size())
+def sample_pool(db: "Database") -> None:
+    POOL_CHECKED_OUT.set(db.in_use)
+    POOL_SIZE.set(db.size)
 
 
 def record_sweep(tickets_freed: int, reservations_expired: int) -> None:

@@ -17,8 +17,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from boxoffice import metrics
-from boxoffice.errors import PayloadTooLarge, problem
+from boxoffice.errors import PayloadTooLarge
 from boxoffice.logs import request_id
+from boxoffice.problems import problem
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 def alembic_config(database_url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("file_template", "%%(year)d-%%(month).2d-%%(day).2d_%%(slug)s")
+    config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
     # ConfigParser interpolation would choke on a % in a password.
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return config

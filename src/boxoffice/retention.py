@@ -26,10 +26,8 @@ Why the invariants still hold afterwards (`boxoffice.invariants`):
 
 from dataclasses import dataclass
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from boxoffice.config import get_settings
+from boxoffice.db import Database
 
 
 @dataclass(frozen=True)
@@ -50,51 +48,50 @@ class PrunedHistory:
 # then finds it gone: 404.)
 # Audit rows are found by reservation (ix_ticket_audit_reservation_id), not by ticket: a
 # seat churned all week has thousands of audit rows, a hold only its own.
-PRUNE_UNSOLD_HOLDS = text(
-    """
-    WITH doomed AS (
-        SELECT r.id FROM reservations r
-        WHERE r.status IN ('released', 'expired')
-          AND r.ended_at < now() - make_interval(hours => :retention_hours)
-          AND NOT EXISTS (SELECT 1 FROM tickets t WHERE t.reservation_id = r.id)
-          AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.reservation_id = r.id)
-        ORDER BY r.ended_at
-        LIMIT :batch
-        FOR UPDATE OF r SKIP LOCKED
-    ), links AS (
-        DELETE FROM reservation_tickets rt USING doomed
-        WHERE rt.reservation_id = doomed.id
-        RETURNING rt.reservation_id, rt.ticket_id
-    ), audit AS (
-        DELETE FROM ticket_audit a USING links
-        WHERE a.ticket_id = links.ticket_id AND a.reservation_id = links.reservation_id
-          AND a.booking_id IS NULL
-        RETURNING a.id
-    ), gone AS (
-        DELETE FROM reservations r USING doomed
-        WHERE r.id = doomed.id
-        RETURNING r.id
-    )
-    SELECT (SELECT count(*) FROM gone) AS reservations,
-           (SELECT count(*) FROM links) AS reservation_tickets,
-           (SELECT count(*) FROM audit) AS ticket_audit
-    """
+# $1 retention in hours, $2 batch size.
+PRUNE_UNSOLD_HOLDS = """
+WITH doomed AS (
+    SELECT r.id FROM reservations r
+    WHERE r.status IN ('released', 'expired')
+      AND r.ended_at < now() - make_interval(hours => $1)
+      AND NOT EXISTS (SELECT 1 FROM tickets t WHERE t.reservation_id = r.id)
+      AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.reservation_id = r.id)
+    ORDER BY r.ended_at
+    LIMIT $2
+    FOR UPDATE OF r SKIP LOCKED
+), links AS (
+    DELETE FROM reservation_tickets rt USING doomed
+    WHERE rt.reservation_id = doomed.id
+    RETURNING rt.reservation_id, rt.ticket_id
+), audit AS (
+    DELETE FROM ticket_audit a USING links
+    WHERE a.ticket_id = links.ticket_id AND a.reservation_id = links.reservation_id
+      AND a.booking_id IS NULL
+    RETURNING a.id
+), gone AS (
+    DELETE FROM reservations r USING doomed
+    WHERE r.id = doomed.id
+    RETURNING r.id
 )
+SELECT (SELECT count(*) FROM gone) AS reservations,
+       (SELECT count(*) FROM links) AS reservation_tickets,
+       (SELECT count(*) FROM audit) AS ticket_audit
+"""
 
 
 async def prune_history(
-    engine: AsyncEngine, *, batch_size: int, retention_hours: int | None = None
+    db: Database, *, batch_size: int, retention_hours: int | None = None
 ) -> PrunedHistory:
     """Delete up to `batch_size` unsold holds that ended more than `retention_hours` ago
     (default: HISTORY_RETENTION_HOURS; 0 keeps everything), with their links and audit rows."""
     hours = get_settings().history_retention_hours if retention_hours is None else retention_hours
     if hours == 0:
         return PrunedHistory(0, 0, 0)
-    async with engine.begin() as conn:
-        counts = (
-            await conn.execute(PRUNE_UNSOLD_HOLDS, {"retention_hours": hours, "batch": batch_size})
-        ).one()
-    pruned = PrunedHistory(counts.reservations, counts.reservation_tickets, counts.ticket_audit)
+    counts = await db.fetchrow(PRUNE_UNSOLD_HOLDS, hours, batch_size)
+    assert counts is not None, "an aggregate always answers"
+    pruned = PrunedHistory(
+        counts["reservations"], counts["reservation_tickets"], counts["ticket_audit"]
+    )
     # Imported here: the serve process imports this module (through the seed) before it sets
     # PROMETHEUS_MULTIPROC_DIR, and prometheus_client must not be imported before that.
     from boxoffice import metrics

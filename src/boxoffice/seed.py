@@ -9,12 +9,12 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import asyncpg
 
+from boxoffice.db import Database
 from boxoffice.events.schemas import EventCreate, GeneralAdmissionIn, SectionIn
 from boxoffice.events.service import create_event
-from boxoffice.reservations.service import reset_to_unsold
+from boxoffice.reservations.demo import reset_to_unsold
 
 
 def demo_events(now: dt.datetime) -> list[EventCreate]:
@@ -91,60 +91,59 @@ class OriginalDemoSeed:
     reset_tickets: int
 
 
-async def _create_original_demo(conn: AsyncConnection, *, hold_seconds: int) -> int:
+async def _create_original_demo(conn: asyncpg.Connection, *, hold_seconds: int) -> int:
     created = 0
     for event in ORIGINAL_DEMO_EVENTS:
         await conn.execute(
-            text(
-                "INSERT INTO events (id, name, starts_at, hold_seconds, currency, kind,"
-                " ticket_count) VALUES (:id, :name, :starts_at, :hold_seconds, 'EUR',"
-                " 'general_admission', :count) ON CONFLICT (id) DO NOTHING"
-            ),
-            {
-                "id": event.id,
-                "name": event.name,
-                "starts_at": event.starts_at,
-                "hold_seconds": hold_seconds,
-                "count": len(event.ticket_ids),
-            },
+            """
+            INSERT INTO events (id, name, starts_at, hold_seconds, currency, kind, ticket_count)
+            VALUES ($1, $2, $3, $4, 'EUR', 'general_admission', $5)
+            ON CONFLICT (id) DO NOTHING
+            """,
+            event.id,
+            event.name,
+            event.starts_at,
+            hold_seconds,
+            len(event.ticket_ids),
         )
         # A ticket the event already has keeps its row (and its internal id).
-        inserted = await conn.execute(
-            text(
-                "INSERT INTO tickets (public_id, event_id, position, label, price_minor)"
-                " SELECT u.public_id, :event_id, u.n - 1, 'GA ' || u.n, 0"
-                " FROM unnest(CAST(:public_ids AS uuid[])) WITH ORDINALITY AS u(public_id, n)"
-                " ORDER BY u.n"
-                " ON CONFLICT DO NOTHING RETURNING id"
-            ),
-            {"event_id": event.id, "public_ids": list(event.ticket_ids)},
+        inserted = await conn.fetch(
+            """
+            INSERT INTO tickets (public_id, event_id, position, label, price_minor)
+            SELECT u.public_id, $1, u.n - 1, 'GA ' || u.n, 0
+            FROM unnest($2::uuid[]) WITH ORDINALITY AS u(public_id, n)
+            ORDER BY u.n
+            ON CONFLICT DO NOTHING
+            RETURNING id
+            """,
+            event.id,
+            list(event.ticket_ids),
         )
-        created += len(inserted.all())
+        created += len(inserted)
     return created
 
 
-async def seed_original_demo(engine: AsyncEngine, *, hold_seconds: int) -> OriginalDemoSeed:
+async def seed_original_demo(db: Database, *, hold_seconds: int) -> OriginalDemoSeed:
     """The original demo's events and tickets, all ten on sale; the same after every run."""
-    async with engine.begin() as conn:
+    async with db.transaction() as conn:
         created = await _create_original_demo(conn, hold_seconds=hold_seconds)
         reset = await reset_to_unsold(conn, [event.id for event in ORIGINAL_DEMO_EVENTS])
     return OriginalDemoSeed(created_tickets=created, reset_tickets=reset)
 
 
-async def seed_demo(engine: AsyncEngine, *, hold_seconds: int, force: bool = False) -> int:
+async def seed_demo(db: Database, *, hold_seconds: int, force: bool = False) -> int:
     """On an empty database (or with `force`): the original demo's data set first, so its ten
     tickets come first in its `GET /tickets`, then boxoffice's demo events. Returns how many
     events were created."""
-    async with engine.connect() as conn:
-        has_events = (await conn.execute(text("SELECT EXISTS (SELECT 1 FROM events)"))).scalar()
+    has_events = await db.fetchval("SELECT EXISTS (SELECT 1 FROM events)")
     if has_events and not force:
         return 0
-    original = await seed_original_demo(engine, hold_seconds=hold_seconds)
+    original = await seed_original_demo(db, hold_seconds=hold_seconds)
     now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
     events = demo_events(now)
     for event in events:
         await create_event(
-            engine, event=event, default_hold_seconds=hold_seconds, max_tickets=1_000_000
+            db, event=event, default_hold_seconds=hold_seconds, max_tickets=1_000_000
         )
     original_events = len(ORIGINAL_DEMO_EVENTS) if original.created_tickets else 0
     return len(events) + original_events

@@ -38,7 +38,7 @@ from uvicorn.server import ServerState
 
 from boxoffice import metrics
 from boxoffice.config import Settings
-from boxoffice.errors import problem
+from boxoffice.problems import problem
 
 logger = logging.getLogger(__name__)
 

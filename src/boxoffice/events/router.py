@@ -1,30 +1,31 @@
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
 from boxoffice.credentials import server_secret
-from boxoffice.dependencies import AppSettings, Engine, page_size, require_admin
-from boxoffice.errors import problem_responses
+from boxoffice.dependencies import AppSettings, Db, page_size, require_admin
 from boxoffice.events import service
+from boxoffice.events.records import EventWithSections
 from boxoffice.events.schemas import EventCreate, EventDetail, EventOut, EventPage, SectionOut
 from boxoffice.idempotency import IdempotencyKey, IdempotencyRequest, request_hash
+from boxoffice.problems import problem_responses
 
 router = APIRouter(tags=["events"])
 
 _NO_EVENT = {404: "No such event (`event-not-found`)."}
 
 
-async def _detail(engine: Engine, event_id: uuid.UUID) -> EventDetail:
-    row, sections = await service.get_event(engine, event_id=event_id)
-    return _detail_from(row, sections)
+async def _detail(db: Db, event_id: uuid.UUID) -> EventDetail:
+    return _detail_from(await service.get_event(db, event_id=event_id))
 
 
-def _detail_from(row: Any, sections: list[Any]) -> EventDetail:
+def _detail_from(found: EventWithSections) -> EventDetail:
     return EventDetail(
-        **EventOut.from_row(row).model_dump(),
+        **EventOut.from_row(found.event).model_dump(),
         sections=[
-            SectionOut(name=s.name, tickets=s.tickets, available=s.available) for s in sections
+            SectionOut(name=s.name, tickets=s.tickets, available=s.available)
+            for s in found.sections
         ],
     )
 
@@ -38,7 +39,7 @@ def _detail_from(row: Any, sections: list[Any]) -> EventDetail:
 )
 async def create_event(
     body: EventCreate,
-    engine: Engine,
+    db: Db,
     settings: AppSettings,
     response: Response,
     idempotency_key: IdempotencyKey,
@@ -51,17 +52,17 @@ async def create_event(
             scope="POST /events",
             request_hash=request_hash(body),
             status_code=201,
-            render=lambda found: _detail_from(*found).model_dump(mode="json"),
+            render=lambda found: _detail_from(found).model_dump(mode="json"),
         )
     event_id = await service.create_event(
-        engine,
+        db,
         event=body,
         default_hold_seconds=settings.hold_seconds,
         max_tickets=settings.max_tickets_per_event,
         idempotency=idempotency,
     )
     response.headers["Location"] = f"/events/{event_id}"
-    return await _detail(engine, event_id)
+    return await _detail(db, event_id)
 
 
 @router.get(
@@ -70,14 +71,14 @@ async def create_event(
     responses=problem_responses(422, 503),
 )
 async def list_events(
-    engine: Engine,
+    db: Db,
     settings: AppSettings,
     limit: Annotated[int, Query(ge=1)] = 50,
     after: uuid.UUID | None = None,
     upcoming: Annotated[bool, Query(description="Only events that have not started yet.")] = False,
 ) -> EventPage:
     rows, next_after = await service.list_events(
-        engine, limit=page_size(limit, settings), after=after, upcoming=upcoming
+        db, limit=page_size(limit, settings), after=after, upcoming=upcoming
     )
     return EventPage(items=[EventOut.from_row(row) for row in rows], next_after=next_after)
 
@@ -87,5 +88,5 @@ async def list_events(
     summary="One event, with counts by status and by section",
     responses=problem_responses(404, 422, 503, descriptions=_NO_EVENT),
 )
-async def get_event(event_id: uuid.UUID, engine: Engine) -> EventDetail:
-    return await _detail(engine, event_id)
+async def get_event(event_id: uuid.UUID, db: Db) -> EventDetail:
+    return await _detail(db, event_id)

@@ -4,6 +4,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from boxoffice.events.records import EventRow
+
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
 # Numbers must be JSON numbers: "2" or true for a count is a client bug worth reporting.
 Price = Annotated[int, Field(strict=True, ge=0, le=100_000_000, description="Minor units (cents).")]
@@ -106,7 +108,7 @@ class EventOut(BaseModel):
     created_at: datetime
 
     @classmethod
-    def from_row(cls, row: Any) -> "EventOut":
+    def from_row(cls, row: EventRow) -> "EventOut":
         return cls(
             id=row.id,
             name=row.name,

@@ -23,11 +23,10 @@ from collections import Counter, defaultdict, deque
 from typing import Any
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice import metrics
 from boxoffice.config import Settings
-from boxoffice.database import create_engine
+from boxoffice.db import Database
 from boxoffice.errors import BoxofficeError, ServiceUnavailable
 from boxoffice.live import service
 from boxoffice.live.session import BackgroundSession
@@ -122,7 +121,7 @@ class TicketFeed(BackgroundSession):
         self._per_client: Counter[str] = Counter()
         self._open = 0
         self._snapshots = snapshots
-        self._snapshot_engine: AsyncEngine | None = None
+        self._snapshot_db: Database | None = None
         self.connected = asyncio.Event()
 
     def open(
@@ -171,13 +170,11 @@ class TicketFeed(BackgroundSession):
     def _shared_snapshots(self, settings: Settings) -> service.SharedSnapshots:
         if self._snapshots is None:
             # Its own small pool: a storm of streams waits for these, never for the buyers'.
-            engine = create_engine(
-                settings, pool_size=settings.stream_snapshot_connections, max_overflow=0
-            )
-            self._snapshot_engine = engine
+            db = Database(settings, size=settings.stream_snapshot_connections)
+            self._snapshot_db = db
 
             async def read(event_id: uuid.UUID) -> bytes:
-                return await service.read_snapshot(engine, event_id)
+                return await service.read_snapshot(db, event_id)
 
             self._snapshots = service.SharedSnapshots(read)
         return self._snapshots
@@ -186,8 +183,8 @@ class TicketFeed(BackgroundSession):
         await super().stop()
         if self._snapshots is not None:
             await self._snapshots.close()
-        if self._snapshot_engine is not None:
-            await self._snapshot_engine.dispose()
+        if self._snapshot_db is not None:
+            await self._snapshot_db.close()
 
     async def serve(self, conn: asyncpg.Connection) -> None:
         lost = asyncio.Event()

@@ -10,8 +10,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from boxoffice.config import Settings
 from boxoffice.dependencies import AppSettings
-from boxoffice.errors import PROBLEM_JSON, PROBLEM_SCHEMA_REF, problem, problem_responses
 from boxoffice.live.feed import MAX_PENDING, Subscription, TicketFeed, TooManyStreams
+from boxoffice.problems import PROBLEM_JSON, PROBLEM_SCHEMA_REF, problem, problem_responses
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["live"])

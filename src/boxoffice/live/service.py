@@ -25,11 +25,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from boxoffice.db import Database
 from boxoffice.errors import EventNotFound
-from boxoffice.tickets.sql import EFFECTIVE_STATUS
 
 # How long a finished snapshot is handed to streams that open after it: the longer, the fewer
 # reads under a reconnect storm, and the more changes each new stream replays.
@@ -40,33 +37,31 @@ MAX_REPLAYED_CHANGES = 128
 
 # Runs of consecutive ids with one status: along a run, id - row_number() (numbered per
 # status, in id order) is constant. Gaps between runs are ids of other events' tickets.
-_SNAPSHOT = text(
-    f"""
-    WITH ticket AS (
-        SELECT t.id, left(({EFFECTIVE_STATUS})::text, 1) AS code
-        FROM tickets t WHERE t.event_id = :event_id
-    ), island AS (
-        SELECT code, min(id) AS first, count(*) AS n
-        FROM (SELECT id, code, id - row_number() OVER (PARTITION BY code ORDER BY id) AS run
-              FROM ticket) numbered
-        GROUP BY code, run
-    ), run AS (
-        SELECT first, code, n,
-               first - coalesce(lag(first + n) OVER (ORDER BY first), first) AS gap
-        FROM island
-    )
-    SELECT json_build_object(
-               'event_id', e.id,
-               'first', (SELECT min(first) FROM run),
-               'runs', (SELECT coalesce(string_agg(
-                            CASE WHEN gap = 0 THEN '' WHEN gap = 1 THEN '-' ELSE '-' || gap END
-                            || code || CASE WHEN n = 1 THEN '' ELSE n::text END,
-                            '' ORDER BY first), '')
-                        FROM run)
-           )::text
-    FROM events e WHERE e.id = :event_id
-    """
+_SNAPSHOT = """
+WITH ticket AS (
+    SELECT t.id, left(ticket_effective_status(t.status, t.hold_expires_at)::text, 1) AS code
+    FROM tickets t WHERE t.event_id = $1
+), island AS (
+    SELECT code, min(id) AS first, count(*) AS n
+    FROM (SELECT id, code, id - row_number() OVER (PARTITION BY code ORDER BY id) AS run
+          FROM ticket) numbered
+    GROUP BY code, run
+), run AS (
+    SELECT first, code, n,
+           first - coalesce(lag(first + n) OVER (ORDER BY first), first) AS gap
+    FROM island
 )
+SELECT json_build_object(
+           'event_id', e.id,
+           'first', (SELECT min(first) FROM run),
+           'runs', (SELECT coalesce(string_agg(
+                        CASE WHEN gap = 0 THEN '' WHEN gap = 1 THEN '-' ELSE '-' || gap END
+                        || code || CASE WHEN n = 1 THEN '' ELSE n::text END,
+                        '' ORDER BY first), '')
+                    FROM run)
+       )::text
+FROM events e WHERE e.id = $1
+"""
 
 
 def sse_message(kind: str, data: str) -> bytes:
@@ -74,10 +69,9 @@ def sse_message(kind: str, data: str) -> bytes:
     return f"event: {kind}\ndata: {data}\n\n".encode()
 
 
-async def read_snapshot(engine: AsyncEngine, event_id: uuid.UUID) -> bytes:
+async def read_snapshot(db: Database, event_id: uuid.UUID) -> bytes:
     """The event's snapshot, framed as an SSE `snapshot` message."""
-    async with engine.connect() as conn:
-        payload = (await conn.execute(_SNAPSHOT, {"event_id": event_id})).scalar()
+    payload = await db.fetchval(_SNAPSHOT, event_id)
     if payload is None:
         raise EventNotFound(f"no event {event_id}")
     return sse_message("snapshot", str(payload))

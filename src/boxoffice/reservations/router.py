@@ -1,16 +1,21 @@
 import uuid
-from functools import partial
-from typing import Any
 
 from fastapi import APIRouter, Response
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice.config import Settings
 from boxoffice.credentials import server_secret
-from boxoffice.dependencies import AppSettings, Engine, HolderToken
-from boxoffice.errors import IdempotentReplay, InvalidRequest, problem_responses
+from boxoffice.db import Database
+from boxoffice.dependencies import AppSettings, Db, HolderToken
+from boxoffice.errors import InvalidRequest
 from boxoffice.idempotency import IdempotencyKey, IdempotencyRequest, request_hash
-from boxoffice.reservations import service
+from boxoffice.problems import problem_responses
+from boxoffice.reservations import holder
+from boxoffice.reservations.records import Hold
+from boxoffice.reservations.reserve import (
+    reserve_best_available,
+    reserve_tickets,
+    validate_ticket_ids,
+)
 from boxoffice.reservations.schemas import (
     BookingOut,
     ConfirmRequest,
@@ -20,6 +25,7 @@ from boxoffice.reservations.schemas import (
     booking_from_view,
     created_from_hold,
 )
+from boxoffice.reservations.tokens import hash_token, token_for_key
 
 router = APIRouter(tags=["reservations"])
 
@@ -53,7 +59,7 @@ _HOLDER = {
 async def reserve(
     event_id: uuid.UUID,
     body: ReservationCreate,
-    engine: Engine,
+    db: Db,
     settings: AppSettings,
     response: Response,
     idempotency_key: IdempotencyKey,
@@ -64,26 +70,20 @@ async def reserve(
         scope = f"POST /events/{{event_id}}/reservations {event_id}"
         fingerprint = request_hash(body)
         secret = server_secret(settings)
-        # Stored without its token, which a replay derives again from the key.
-        token = service.token_for_key(secret, idempotency_key, scope, fingerprint)
+        # Derived from the key, never stored: a replay derives it again.
+        token = token_for_key(secret, idempotency_key, scope, fingerprint)
         idempotency = IdempotencyRequest(
             key=idempotency_key,
             secret=secret,
             scope=scope,
             request_hash=fingerprint,
             status_code=201,
-            render=lambda hold: {**created_from_hold(hold).model_dump(mode="json"), "token": None},
-            restore=partial(_with_token, token=token),
+            # A replay renders the hold again, with its status as it is now (it may have been
+            # paid, released or have expired since): a retrying client must not pay for a
+            # dead hold.
+            render=lambda hold: created_from_hold(hold).model_dump(mode="json"),
         )
-    try:
-        hold = await _reserve(event_id, body, engine, settings, idempotency, token)
-    except IdempotentReplay as replay:
-        # The first answer, but with the hold's status as it is now (it may have been paid,
-        # released or have expired since): a retrying client must not pay for a dead hold.
-        current = await service.reservation_status(engine, replay.body["id"])
-        if current is not None:
-            replay.body["status"] = current
-        raise
+    hold = await _reserve(event_id, body, db, settings, idempotency, token)
     response.headers["Location"] = f"/reservations/{hold.reservation_id}"
     return created_from_hold(hold)
 
@@ -91,19 +91,18 @@ async def reserve(
 async def _reserve(
     event_id: uuid.UUID,
     body: ReservationCreate,
-    engine: AsyncEngine,
+    db: Database,
     settings: Settings,
     idempotency: IdempotencyRequest | None,
     token: str | None,
-) -> service.Hold:
+) -> Hold:
     if body.ticket_ids is not None:
-        service.validate_ticket_ids(body.ticket_ids, settings.max_tickets_per_hold)
-        return await service.reserve_tickets(
-            engine,
+        validate_ticket_ids(body.ticket_ids, settings.max_tickets_per_hold)
+        return await reserve_tickets(
+            db,
             event_id=event_id,
             ticket_ids=body.ticket_ids,
             customer=body.customer,
-            nowait=settings.lock_timeout_ms == 0,
             idempotency=idempotency,
             token=token,
         )
@@ -111,8 +110,8 @@ async def _reserve(
         assert body.quantity is not None
         if body.quantity > settings.max_tickets_per_hold:
             raise InvalidRequest(f"at most {settings.max_tickets_per_hold} tickets per hold")
-    return await service.reserve_best_available(
-        engine,
+    return await reserve_best_available(
+        db,
         event_id=event_id,
         quantity=body.quantity,
         section=body.section,
@@ -122,20 +121,13 @@ async def _reserve(
     )
 
 
-def _with_token(stored: dict[str, Any], token: str) -> dict[str, Any]:
-    # Answers stored before tokens were taken out (revision 0004) still carry theirs.
-    return stored if stored.get("token") else {**stored, "token": token}
-
-
 @router.get(
     "/reservations/{reservation_id}",
     summary="Your hold (token required)",
     responses=problem_responses(401, 404, 422, 503, descriptions=_HOLDER),
 )
-async def get_reservation(
-    reservation_id: uuid.UUID, engine: Engine, token: HolderToken
-) -> ReservationOut:
-    view = await service.get_reservation(engine, reservation_id=reservation_id, token=token)
+async def get_reservation(reservation_id: uuid.UUID, db: Db, token: HolderToken) -> ReservationOut:
+    view = await holder.get_reservation(db, reservation_id=reservation_id, token=token)
     return ReservationOut.from_view(view)
 
 
@@ -147,7 +139,7 @@ async def get_reservation(
 async def confirm(
     reservation_id: uuid.UUID,
     body: ConfirmRequest,
-    engine: Engine,
+    db: Db,
     settings: AppSettings,
     token: HolderToken,
     idempotency_key: IdempotencyKey,
@@ -160,12 +152,12 @@ async def confirm(
             scope=f"POST /reservations/{{reservation_id}}/confirm {reservation_id}",
             # The token is part of the request: someone else who learns the key and the
             # reservation id gets a 422, not a replay of the holder's booking.
-            request_hash=request_hash(body, service.hash_token(token).hex()),
+            request_hash=request_hash(body, hash_token(token).hex()),
             status_code=200,
             render=lambda view: booking_from_view(view).model_dump(mode="json"),
         )
-    view = await service.confirm(
-        engine,
+    view = await holder.confirm(
+        db,
         reservation_id=reservation_id,
         token=token,
         payment_reference=body.payment_reference,
@@ -180,6 +172,6 @@ async def confirm(
     summary="Release your hold: its tickets are free again at once",
     responses=problem_responses(401, 404, 409, 422, 503, descriptions=_HOLDER),
 )
-async def release(reservation_id: uuid.UUID, engine: Engine, token: HolderToken) -> Response:
-    await service.release(engine, reservation_id=reservation_id, token=token)
+async def release(reservation_id: uuid.UUID, db: Db, token: HolderToken) -> Response:
+    await holder.release(db, reservation_id=reservation_id, token=token)
     return Response(status_code=204)

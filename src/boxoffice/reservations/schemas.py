@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from boxoffice.config import TICKETS_PER_HOLD_CEILING
-from boxoffice.reservations.service import Hold, ReservationView
+from boxoffice.reservations.records import Hold, ReservationView
 from boxoffice.tickets.models import TicketStatus
 from boxoffice.tickets.schemas import TicketOut
 
@@ -108,13 +108,13 @@ def _reservation_fields(view: ReservationView) -> dict[str, Any]:
 def created_from_hold(hold: Hold) -> ReservationCreated:
     tickets = [
         TicketOut(
-            id=ticket["id"],
+            id=ticket.id,
             event_id=hold.event_id,
-            label=ticket["label"],
-            section=ticket["section"],
-            row=ticket["row_label"],
-            seat=ticket["seat"],
-            price=ticket["price_minor"],
+            label=ticket.label,
+            section=ticket.section,
+            row=ticket.row_label,
+            seat=ticket.seat,
+            price=ticket.price_minor,
             currency=hold.currency,
             status=TicketStatus.reserved,
         )

@@ -124,8 +124,11 @@ class Recorder:
         reservation: str | None = None,
         wanted: Sequence[int] = (),
         quantity: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Answer:
-        headers = {"Authorization": f"Bearer {token}"} if token else None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
         self.sent += 1
         started = time.perf_counter()
         try:

@@ -71,6 +71,8 @@ def to_json(result: Result) -> dict[str, Any]:
         "event_id": str(result.event.get("id")),
         "supply": result.event.get("ticket_count"),
         "settings": result.plan.settings(),
+        "idempotency_keys": result.plan.keyed,
+        "path": result.plan.path,
         "buyers": result.buyers,
         "requests": summary.requests,
         "attempts": summary.attempts,
@@ -141,6 +143,7 @@ def render(result: Result, console: Console) -> None:
 
     event = result.event
     table.add_row("server", result.url)
+    table.add_row("reservation path", plan.path)
     table.add_row(
         "event",
         f"{event.get('id')} · {_plural(event.get('ticket_count'), 'ticket')} ({plan.layout}) · "
@@ -279,7 +282,8 @@ def plot(result: Result, path: Path) -> None:
     summary = result.summary
     verdict = "OK" if result.verdict.ok else "FAIL"
     figure.suptitle(
-        f"boxoffice simulate {result.plan.scenario}: {summary.requests} requests, "
+        f"boxoffice simulate {result.plan.scenario} ({'keyed' if result.plan.keyed else 'unkeyed'})"
+        f": {summary.requests} requests, "
         f"{summary.throughput:,.0f} req/s — {verdict}"
     )
     figure.savefig(path, dpi=100)

@@ -5,12 +5,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import secrets
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,10 +19,11 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from sqlalchemy import make_url, text
+from sqlalchemy import make_url
 
 from boxoffice.config import Settings
 from boxoffice.invariants import check_invariants
+from boxoffice.serving import ServeFailed, ServeProcess
 from boxoffice.simulate import scenarios
 from boxoffice.simulate.load import (
     Budget,
@@ -80,49 +77,6 @@ def safe_url(url: str) -> str:
         return url.split("@")[-1]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SetupError(f"the private server exited early:\n{_tail(log)}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        # Polling a server that is starting up; bounded by the deadline.
-        time.sleep(0.1)
-    raise SetupError(
-        f"the private server was not ready after {SERVER_START_SECONDS:g} s:\n{_tail(log)}"
-    )
-
-
-def _tail(log: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no server log)"
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (uvicorn stops its workers), then SIGKILL for the whole group if it hangs."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 @contextlib.contextmanager
 def private_server(say: Say) -> Iterator[Target]:
     """A private embedded PostgreSQL in a temporary folder (never ./.boxoffice, so nobody's
@@ -144,29 +98,27 @@ def private_server(say: Say) -> Iterator[Target]:
         except Exception as error:
             raise SetupError(f"cannot start the embedded PostgreSQL: {describe(error)}") from error
         token = secrets.token_urlsafe(24)
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        environment = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "ADMIN_TOKEN": token,
-            "SWEEP_INTERVAL_SECONDS": str(SERVER_SWEEP_INTERVAL_SECONDS),
-        }
-        command = [sys.executable, "-m", "boxoffice.cli", "serve", "--port", str(port)]
-        command += ["--workers", str(SERVER_WORKERS), "--log-level", "warning"]
-        log = data / "server.log"
+        server = ServeProcess(
+            env={
+                "DATABASE_URL": database_url,
+                "ADMIN_TOKEN": token,
+                # Its own: keyed holds and key hashes need one, and the default (a file in
+                # ./.boxoffice) would touch the data folder of whoever runs the simulator.
+                "SERVER_SECRET": secrets.token_urlsafe(48),
+                "SWEEP_INTERVAL_SECONDS": str(SERVER_SWEEP_INTERVAL_SECONDS),
+            },
+            log_path=data / "server.log",
+            log_mode="w",
+            workers=SERVER_WORKERS,
+            ready_timeout=SERVER_START_SECONDS,
+        )
+        url = server.url
         say(f"starting boxoffice serve --workers {SERVER_WORKERS} on {url}")
-        with log.open("wb") as out:
-            # Its own session: a Ctrl-C reaches us only, and we stop it in order.
-            process = subprocess.Popen(
-                command,
-                env=environment,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        stack.callback(_stop, process)
-        _wait_until_ready(url, process, log)
+        # Its own session: a Ctrl-C reaches us only, and we stop it in order.
+        try:
+            stack.enter_context(server)
+        except ServeFailed as error:
+            raise SetupError(f"the private server did not start: {error}") from error
         say(f"private server ready in {time.monotonic() - started:.1f} s")
         yield Target(url, database_url, token)
 
@@ -253,39 +205,32 @@ async def check_database(
             "no database to check: give --database-url or set DATABASE_URL "
             "(or pass --no-invariants)"
         )
-    from boxoffice.database import create_engine
+    from boxoffice.db import Database
 
     shown = safe_url(database_url)
     event = uuid.UUID(str(event_id)) if event_id is not None else None
     try:
         base = settings or Settings(database_url=database_url)
-        engine = create_engine(
-            base.model_copy(update={"database_url": database_url}), pool_size=1, max_overflow=0
-        )
+        db = Database(base, url=database_url, size=1)
     except Exception as error:
         return InvariantReport.skipped(f"bad database URL {shown}: {describe(error)}", shown)
     try:
         if event is not None:
-            async with engine.connect() as conn:
-                found = await conn.execute(
-                    text("SELECT 1 FROM events WHERE id = :id"), {"id": event}
+            if await db.fetchval("SELECT 1 FROM events WHERE id = $1", event) is None:
+                return InvariantReport.skipped(
+                    f"the database at {shown} has no event {event}: is it the one the server uses?",
+                    shown,
                 )
-                if found.first() is None:
-                    return InvariantReport.skipped(
-                        f"the database at {shown} has no event {event}: "
-                        "is it the one the server uses?",
-                        shown,
-                    )
-            in_event = await check_invariants(engine, event_id=event)
+            in_event = await check_invariants(db, event_id=event)
         else:
             in_event = []
-        everywhere = await check_invariants(engine)
+        everywhere = await check_invariants(db)
     except Exception as error:
         return InvariantReport.skipped(
             f"cannot check the database at {shown}: {describe(error)}", shown
         )
     finally:
-        await engine.dispose()
+        await db.close()
     return InvariantReport.of(in_event, everywhere, shown)
 
 
@@ -471,6 +416,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         hold_seconds=args.hold_seconds,
         seed=args.seed,
         timeout=args.timeout,
+        # `--idempotency-keys`; absent from a parser that does not declare it.
+        keyed=bool(args.idempotency_keys),
     )
 
 
@@ -510,7 +457,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
                         "WARNING: no database to check the invariants on (give --database-url "
                         "or set DATABASE_URL, or pass --no-invariants): the run will FAIL"
                     )
-            say(f"{plan.scenario}: seed {plan.seed}")
+            say(f"{plan.scenario}: seed {plan.seed}; reservations {plan.path}")
             with progress_bar(err, enabled=not args.json and err.is_terminal) as progress:
                 result = asyncio.run(
                     run_plan(

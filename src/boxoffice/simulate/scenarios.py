@@ -6,6 +6,9 @@ best-available  N buyers each ask for K tickets (general admission or seated): n
 mixed           buyers browse or ask for best available, then pay, change their mind, pay too
                 late, or walk away and let the hold expire (2 s holds, so some do mid-run).
 
+With `keyed`, every reservation attempt carries a fresh Idempotency-Key (a random UUID), as
+the buyer's web page sends it; without, none, as run_concurrent.py and API clients do.
+
 Every buyer draws from its own random.Random(f"{seed}/{buyer}"), so a seed replays the same
 buyers making the same choices, whatever order the workers happen to take them in.
 """
@@ -13,6 +16,7 @@ buyers making the same choices, whatever order the workers happen to take them i
 import math
 import random
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -64,6 +68,16 @@ class Plan:
     hold_seconds: int
     seed: int
     timeout: float
+    # Every reservation attempt sends a fresh Idempotency-Key, as the buyer's web page does
+    # (the keyed path: the key's claim, the hold and the stored answer in one transaction).
+    keyed: bool = False
+
+    @property
+    def path(self) -> str:
+        """Which reservation path the run measures, in words."""
+        if self.keyed:
+            return "keyed: a fresh Idempotency-Key on every reservation attempt"
+        return "unkeyed: no Idempotency-Key"
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -77,6 +91,7 @@ class Plan:
             "hold_seconds": self.hold_seconds,
             "seed": self.seed,
             "timeout": self.timeout,
+            "idempotency_keys": self.keyed,
         }
 
 
@@ -98,6 +113,7 @@ def make_plan(
     hold_seconds: int | None = None,
     seed: int | None = None,
     timeout: float = 30.0,
+    keyed: bool = False,
 ) -> Plan:
     """Fill in each scenario's defaults; ValueError for options that make no sense together."""
     if scenario not in SCENARIOS:
@@ -134,6 +150,7 @@ def make_plan(
             hold_seconds=hold_seconds or DEFAULT_HOLD_SECONDS,
             seed=seed,
             timeout=timeout,
+            keyed=keyed,
         )
 
     if buyers is None and requests is None and duration is None:
@@ -169,6 +186,7 @@ def make_plan(
         or (MIXED_HOLD_SECONDS if scenario == "mixed" else DEFAULT_HOLD_SECONDS),
         seed=seed,
         timeout=timeout,
+        keyed=keyed,
     )
 
 
@@ -220,6 +238,10 @@ class Stage:
     def customer(self, buyer: int) -> str:
         return f"sim-{self.plan.seed}-{buyer}"
 
+    def idempotency_key(self) -> str | None:
+        """A fresh key per attempt (a random UUID, as the web page makes), if the plan says."""
+        return str(uuid.uuid4()) if self.plan.keyed else None
+
 
 async def reserve_chosen(
     stage: Stage, http: httpx.AsyncClient, buyer: int, ticket_ids: list[int]
@@ -233,6 +255,7 @@ async def reserve_chosen(
         path=stage.reservations_path,
         json={"ticket_ids": ticket_ids, "customer": stage.customer(buyer)},
         wanted=ticket_ids,
+        idempotency_key=stage.idempotency_key(),
     )
     return answer.attempt.reservation, answer.token
 
@@ -249,6 +272,7 @@ async def reserve_quantity(
         path=stage.reservations_path,
         json={"quantity": quantity, "customer": stage.customer(buyer)},
         quantity=quantity,
+        idempotency_key=stage.idempotency_key(),
     )
     return answer.attempt.reservation, answer.token
 

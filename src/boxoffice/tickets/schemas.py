@@ -1,10 +1,11 @@
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
 from boxoffice.tickets.models import TicketStatus
+from boxoffice.tickets.records import CatalogueTicket, TicketRow
 
 
 class TicketOut(BaseModel):
@@ -19,7 +20,7 @@ class TicketOut(BaseModel):
     status: TicketStatus
 
     @classmethod
-    def from_row(cls, row: Any, currency: str) -> "TicketOut":
+    def from_row(cls, row: TicketRow, currency: str) -> "TicketOut":
         return cls(
             id=row.id,
             event_id=row.event_id,
@@ -56,7 +57,7 @@ class DemoTicketOut(BaseModel):
     currency: str
 
     @classmethod
-    def from_row(cls, row: Any) -> "DemoTicketOut":
+    def from_row(cls, row: CatalogueTicket) -> "DemoTicketOut":
         return cls(
             id=row.public_id,
             internal_id=row.id,

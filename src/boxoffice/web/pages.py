@@ -1,6 +1,6 @@
 """Rendering pages: templates, versioned static URLs, strict headers, and errors as HTML.
 
-The JSON API answers every error with problem+json (boxoffice.errors); a person who follows a
+The JSON API answers every error with problem+json (boxoffice.problems); a person who follows a
 stale link should get a page instead, so the page routes map the few errors they can meet.
 """
 
@@ -11,13 +11,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.exc import SQLAlchemyError
 
-from boxoffice.errors import InvalidRequest, NotFound, sqlstate
+from boxoffice.db import DATABASE_ERRORS, Failure, classify
+from boxoffice.errors import InvalidRequest, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -59,17 +58,6 @@ def not_found(request: Request) -> Response:
     return page(request, "not_found.html", status_code=404)
 
 
-_DATABASE_ERRORS = (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-# SQLSTATE classes that mean "busy or away" (connection exception, insufficient resources,
-# operator intervention, e.g. a statement timeout); no SQLSTATE at all means no connection.
-_UNAVAILABLE_CLASSES = ("08", "53", "57")
-
-
-def _database_unavailable(error: BaseException) -> bool:
-    code = sqlstate(error)
-    return code is None or code.startswith(_UNAVAILABLE_CLASSES)
-
-
 class PageRoute(APIRoute):
     """A route whose errors are pages: 404 for what does not exist, 503 while the database is
     away; anything else still reaches the application's handlers."""
@@ -82,8 +70,9 @@ class PageRoute(APIRoute):
                 return await handle(request)
             except (NotFound, InvalidRequest):
                 return not_found(request)
-            except _DATABASE_ERRORS as error:
-                if not _database_unavailable(error):
+            except DATABASE_ERRORS as error:
+                # The same reading of the error as the API's (a 503 there is a 503 here).
+                if classify(error) is not Failure.UNAVAILABLE:
                     raise
                 logger.warning("page %s unavailable: %s", request.url.path, type(error).__name__)
                 response = page(request, "unavailable.html", status_code=503)

@@ -8,7 +8,7 @@ import uuid
 
 from fastapi import APIRouter, Request, Response
 
-from boxoffice.dependencies import AppSettings, Engine
+from boxoffice.dependencies import AppSettings, Db
 from boxoffice.web import service
 from boxoffice.web.pages import PageRoute, not_found, page
 from boxoffice.web.views import currency_rules
@@ -26,11 +26,11 @@ def _uuid(text: str | None) -> uuid.UUID | None:
 
 
 @router.get("/")
-async def events_page(request: Request, engine: Engine, after: str | None = None) -> Response:
+async def events_page(request: Request, db: Db, after: str | None = None) -> Response:
     cursor = _uuid(after)
     if after and cursor is None:
         return not_found(request)
-    events, next_after = await service.list_events(engine, limit=EVENTS_PER_PAGE, after=cursor)
+    events, next_after = await service.list_events(db, limit=EVENTS_PER_PAGE, after=cursor)
     return page(request, "index.html", events=events, next_after=next_after)
 
 
@@ -38,14 +38,14 @@ async def events_page(request: Request, engine: Engine, after: str | None = None
 async def shop_page(
     request: Request,
     event_id: str,
-    engine: Engine,
+    db: Db,
     settings: AppSettings,
     section: str | None = None,
 ) -> Response:
     event_uuid = _uuid(event_id)
     if event_uuid is None:
         return not_found(request)
-    shop = await service.shop_page(engine, event_id=event_uuid, section=section)
+    shop = await service.shop_page(db, event_id=event_uuid, section=section)
     return page(request, "shop.html", shop=shop, max_per_hold=settings.max_tickets_per_hold)
 
 

@@ -1,12 +1,15 @@
 """What the pages show, built from the services' rows: prices as text, the seat map as a grid.
 
 The page's JavaScript keeps these up to date; it formats money and words seats the same way
-(static/shop.js), so a seat reads alike before and after the script takes over.
+(static/shop/), so a seat reads alike before and after the script takes over.
 """
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from boxoffice.events.records import EventRow
+from boxoffice.tickets.records import TicketRow
 
 # ISO 4217 currencies without minor units, and those with three; every other has two.
 _NO_MINOR_UNITS = frozenset(
@@ -15,7 +18,7 @@ _NO_MINOR_UNITS = frozenset(
 _THREE_MINOR_DIGITS = frozenset("BHD IQD JOD KWD LYD OMR TND".split())  # noqa: SIM905
 _SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "JPY": "¥", "INR": "₹", "KRW": "₩", "ILS": "₪"}
 
-# The words a seat's label uses for each status (shop.js has the same, plus its own two).
+# The words a seat's label uses for each status (static/shop/ has the same, plus its own two).
 STATUS_WORDS = {"available": "available", "reserved": "held by another buyer", "booked": "sold"}
 
 
@@ -90,14 +93,16 @@ class Section:
         return money.format(low) if low == high else f"{money.format(low)}–{money.format(high)}"
 
 
-def seat_map(tickets: list[Any], money: Currency) -> list[Section]:
+def seat_map(tickets: list[TicketRow], money: Currency) -> list[Section]:
     """Tickets in seat order (as the listing returns them) grouped into sections and rows."""
     sections: dict[str, Section] = {}
     for ticket in tickets:
+        # A seated event's tickets are all numbered seats (the event's kind says so).
+        assert ticket.section is not None and ticket.row_label is not None
+        assert ticket.seat is not None
         section = sections.setdefault(ticket.section, Section(ticket.section))
         if not section.rows or section.rows[-1].label != ticket.row_label:
             section.rows.append(Row(ticket.row_label))
-        status = str(getattr(ticket.status, "value", ticket.status))
         section.rows[-1].seats.append(
             Seat(
                 id=ticket.id,
@@ -105,14 +110,14 @@ def seat_map(tickets: list[Any], money: Currency) -> list[Section]:
                 row=ticket.row_label,
                 number=ticket.seat,
                 label=ticket.label,
-                status=status,
+                status=ticket.status,
                 price_minor=ticket.price_minor,
                 price_text=money.format(ticket.price_minor),
             )
         )
         section.prices.add(ticket.price_minor)
         section.tickets += 1
-        section.available += status == "available"
+        section.available += ticket.status == "available"
     return list(sections.values())
 
 
@@ -149,7 +154,7 @@ class EventCard:
         return f"{minutes}:{seconds:02d} minutes" if minutes else f"{seconds} seconds"
 
 
-def event_card(row: Any) -> EventCard:
+def event_card(row: EventRow) -> EventCard:
     return EventCard(
         id=str(row.id),
         name=row.name,
