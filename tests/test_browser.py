@@ -13,13 +13,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
@@ -31,6 +35,10 @@ from boxoffice.config import Settings
 from boxoffice.db import Database
 from boxoffice.invariants import check_invariants
 from tests.conftest import ADMIN, ADMIN_TOKEN, running_server
+
+# The system layer (tests/support/system.py). Every test drives a browser against its own `boxoffice
+# serve`.
+pytestmark = pytest.mark.system
 
 SCREENSHOT = Path(__file__).parent.parent / "docs" / "screenshot.png"
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -158,8 +166,28 @@ def hold_as_someone_else(shop: Shop, event_id: str, ids: list[int]) -> dict[str,
     return hold
 
 
+T = TypeVar("T")
+
+
+class PageWait(WebDriverWait[WebDriver]):
+    """A wait that also rides out the page navigating away under a check (after paying, the
+    shop moves on to the booking page): Chrome then aborts the command in flight, which is
+    no answer yet, not a failure."""
+
+    def until(self, method: Callable[[WebDriver], Literal[False] | T], message: str = "") -> T:
+        def check(driver: WebDriver) -> Literal[False] | T:
+            try:
+                return method(driver)
+            except WebDriverException as error:
+                if "aborted by navigation" not in (error.msg or ""):
+                    raise
+                return False
+
+        return super().until(check, message)
+
+
 def wait(driver: WebDriver, seconds: float = WAIT_SECONDS) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(
+    return PageWait(
         driver, seconds, ignored_exceptions=[NoSuchElementException, StaleElementReferenceException]
     )
 

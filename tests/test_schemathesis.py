@@ -28,15 +28,25 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import httpx
 import hypothesis
 import pytest
 import schemathesis
+
+# Imported here, at collection, rather than by schemathesis.openapi.from_url inside a fixture:
+# CPython 3.11.7 can fail to compile a module imported that deep in the stack under pytest's
+# assertion rewriting ("SystemError: AST constructor recursion depth mismatch"), which is
+# what a fresh virtualenv does on its first run.
+import schemathesis.specs.openapi.schemas
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import ADMIN, ADMIN_TOKEN, assert_invariants
+
+# The system layer (tests/support/system.py). Fuzzes the live server; the last test checks what the
+# fuzzing left.
+pytestmark = pytest.mark.system
 
 ADMIN_BEARER = f"Bearer {ADMIN_TOKEN}"
 
@@ -216,7 +226,7 @@ def _pick(value: str, modulus: int) -> int:
     return zlib.crc32(value.encode()) % modulus
 
 
-def _is_uuid(value: Any) -> bool:
+def _is_uuid(value: Any) -> TypeGuard[str]:
     if not isinstance(value, str):
         return False
     try:
@@ -226,7 +236,7 @@ def _is_uuid(value: Any) -> bool:
     return True
 
 
-def retarget(case: schemathesis.Case, real: Real) -> bool:
+def retarget(case: schemathesis.Case[Any], real: Real) -> bool:
     """Aim part of the generated requests at real resources. The containers are reassigned,
     not edited in place, so schemathesis re-validates whether the request is still a valid or
     an invalid one. Only values that are valid ids are replaced: a case testing a malformed id
@@ -237,7 +247,7 @@ def retarget(case: schemathesis.Case, real: Real) -> bool:
         path["event_id"] = list(real.events)[_pick(event_id, len(real.events))]
         case.path_parameters = path
         tickets = real.events[path["event_id"]]
-        body = case.body
+        body: Any = case.body
         if (
             isinstance(body, dict)
             and isinstance(body.get("ticket_ids"), list)
@@ -260,12 +270,12 @@ def retarget(case: schemathesis.Case, real: Real) -> bool:
     if choice == 1:
         return True  # the admin token is not this hold's token
     headers["Authorization"] = f"Bearer {hold.token}"
-    case.headers = headers
+    case.headers = cast(Any, headers)  # a plain dict, as schemathesis takes it
     return False
 
 
 @schema.parametrize()
-def test_api(case: schemathesis.Case, real: Real) -> None:
+def test_api(case: schemathesis.Case[Any], real: Real) -> None:
     stranger = retarget(case, real)
     response = case.call_and_validate()
     SEEN.setdefault(case.operation.label, Counter())[response.status_code] += 1
@@ -284,20 +294,20 @@ def test_stateful(api_schema: schemathesis.BaseSchema, real: Real) -> None:
     failures: list[Exception] = []
 
     class Flows(api_schema.as_state_machine()):  # type: ignore[misc]
-        def before_call(self, case: schemathesis.Case) -> None:
-            reservation_id = (case.path_parameters or {}).get("reservation_id")
+        def before_call(self, case: schemathesis.Case[Any]) -> None:
+            reservation_id: Any = (case.path_parameters or {}).get("reservation_id")
             headers = dict(case.headers or {})
             token = real.tokens.get(reservation_id)
             if token is not None and headers.get("Authorization") == ADMIN_BEARER:
                 headers["Authorization"] = f"Bearer {token}"
-                case.headers = headers
+                case.headers = cast(Any, headers)  # a plain dict, as schemathesis takes it
 
-        def after_call(self, response: Any, case: schemathesis.Case) -> None:
+        def after_call(self, response: Any, case: schemathesis.Case[Any]) -> None:
             super().after_call(response, case)
             SEEN.setdefault(case.operation.label, Counter())[response.status_code] += 1
             real.learn(case.operation.label, response)
 
-        def validate_response(self, response: Any, case: schemathesis.Case, **kw: Any) -> None:
+        def validate_response(self, response: Any, case: schemathesis.Case[Any], **kw: Any) -> None:
             try:
                 super().validate_response(response, case, **kw)
             except Exception as failure:

@@ -1,8 +1,8 @@
 """pgbench with the service's own reservation SQL (imported from boxoffice, not copied): the
 raw limit of the database for the same work. bench/README.md lists where the script differs.
 
-The service reserves with one statement, `boxoffice.reservations.reserve.RESERVE`, for chosen
-seats, best available and keyed holds alike (a keyed hold claims its key in the same
+The service reserves with one statement (boxoffice.reservations.reserve: RESERVE_CHOSEN for
+chosen seats, RESERVE_BEST for best available; a keyed hold claims its key in the same
 statement): each script runs exactly that statement, its `$n` parameters bound to pgbench
 variables, so pgbench pays for the same SQL and the same single round trip."""
 
@@ -18,12 +18,12 @@ from pathlib import Path
 
 from boxoffice.config import Settings
 from boxoffice.db import server_settings
-from boxoffice.reservations.reserve import RESERVE
+from boxoffice.reservations.reserve import RESERVE_BEST, RESERVE_CHOSEN
 
 from .cpu import CpuUsage, cpu_snapshot
 from .load import CpuSince, lanes_for
 
-# `$n`, RESERVE's positional parameters.
+# `$n`, the statements' positional parameters.
 _PARAMETER = re.compile(r"\$(\d+)\b")
 # NULL passed as a parameter, as the service passes it (not a constant the planner could fold).
 _NULL = "NULLIF(:nothing, 'nothing')"
@@ -39,43 +39,46 @@ def keyed_available() -> bool:
     return True
 
 
-def _bound(tickets: str, *, keyed: bool) -> str:
-    """RESERVE with its parameters bound: $1 event, $2 chosen tickets (or NULL for best
-    available), $3 how many, $4 section (NULL), $5 customer, $6 token hash, $7-$9 the key's
-    scope, hash and request hash (NULL without a key)."""
+def _bound(statement: str, tickets: str, *, keyed: bool) -> str:
+    """A reservation statement with its parameters bound: $1 event, $2 chosen tickets (NULL,
+    no section, for best available), $3 how many, $4 customer, $5 token hash, $6-$8 the
+    key's scope, hash and request hash (NULL without a key)."""
     values = {
         1: ":event_id",
         2: tickets,
         3: ":n",
-        4: _NULL,
-        5: ":customer",
-        6: ":token_hash",
-        7: ":scope" if keyed else _NULL,
-        8: f"({_KEY_HASH})" if keyed else _NULL,
-        9: ":request_hash" if keyed else _NULL,
+        4: ":customer",
+        5: ":token_hash",
+        6: ":scope" if keyed else _NULL,
+        7: f"({_KEY_HASH})" if keyed else _NULL,
+        8: ":request_hash" if keyed else _NULL,
     }
-    return _PARAMETER.sub(lambda match: values[int(match.group(1))], RESERVE).strip() + ";"
+    return _PARAMETER.sub(lambda match: values[int(match.group(1))], statement).strip() + ";"
 
 
 def _source(kind: str, keyed: bool) -> str:
-    key = ", with an Idempotency-Key" if keyed else ""
-    return f"-- written by bench/run.py: boxoffice.reservations.reserve.RESERVE ({kind}{key})"
+    key = " (with an Idempotency-Key)" if keyed else ""
+    return f"-- written by bench/run.py: boxoffice.reservations.reserve.{kind}{key}"
 
 
 def pgbench_chosen_script(*, keyed: bool = False) -> str:
     """One reservation of a chosen ticket; each client walks its own ticket range."""
     lines = [
-        _source("chosen", keyed),
+        _source("RESERVE_CHOSEN", keyed),
         r"\set bench_ticket :first_ticket + :client_id * :per_client + (:tx % :per_client)",
         r"\set tx :tx + 1",
-        _bound("ARRAY[:bench_ticket]", keyed=keyed),
+        _bound(RESERVE_CHOSEN, "ARRAY[:bench_ticket]", keyed=keyed),
     ]
     return "\n".join(lines) + "\n"
 
 
 def pgbench_best_script(*, keyed: bool = False) -> str:
     """One best-available reservation."""
-    lines = [_source("best available", keyed), r"\set tx :tx + 1", _bound(_NULL, keyed=keyed)]
+    lines = [
+        _source("RESERVE_BEST", keyed),
+        r"\set tx :tx + 1",
+        _bound(RESERVE_BEST, _NULL, keyed=keyed),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,8 @@
    `hold_expires_at <= now()`. Every read and every reservation sees that through the SQL
    functions `ticket_is_free`, `ticket_is_held` and `ticket_effective_status` (migration
    0008), so an expired hold is free at once, swept or not; a reservation may take such a
-   seat directly (reservations.reserve's `best_expired` and `chosen`), auditing the expiry.
+   seat directly (reservations.reserve: RESERVE_CHOSEN, RESERVE_BEST_INCLUDING_EXPIRED),
+   auditing the expiry.
 2. A holder who comes back too late is refused (reservations.holder): the hold reads
    `expired` as soon as its time is up.
 3. The sweeper tidies up after the fact, every SWEEP_INTERVAL_SECONDS in every worker: it

@@ -113,7 +113,7 @@ async def run(bench: Bench) -> None:
                 "without, then with a fresh random `Idempotency-Key` per request (each on an "
                 "event of its own). For comparison: the distinct-ticket HTTP rate at the same "
                 "concurrency on the same path, and pgbench running "
-                "`boxoffice.reservations.reserve.RESERVE` (keyed: with the key's claim in the "
+                "`boxoffice.reservations.reserve.RESERVE_BEST` (keyed: with the key's claim in the "
                 "same statement) on a fresh event.",
                 "",
                 table(

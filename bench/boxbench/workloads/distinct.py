@@ -172,7 +172,7 @@ async def run(bench: Bench) -> None:
         "Every request holds one ticket nobody else asks for (`POST /events/{id}/reservations`"
         ' `{"ticket_ids": [id]}`); each wrk thread walks its own ticket range. Right before '
         "each HTTP measurement pgbench runs the service's own statements "
-        "(`boxoffice.reservations.reserve.RESERVE`, `-M prepared`, one statement as the "
+        "(`boxoffice.reservations.reserve.RESERVE_CHOSEN`, `-M prepared`, one statement as the "
         "service sends it, keyed or not) at the same client count against "
         "the same database server: the raw limit of the database for this work. "
         f"{seconds(plan.duration)} each; before each, a CHECKPOINT and then a "

@@ -4,6 +4,7 @@ import asyncio
 import logging
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from boxoffice import metrics
@@ -58,10 +59,12 @@ async def readyz(db: Db, settings: AppSettings) -> JSONResponse:
     dependencies=[Depends(require_metrics_token)],
     responses=problem_responses(401, 403),
 )
-def prometheus_metrics(request: Request) -> Response:
-    # A plain def: reading the workers' sample files is blocking I/O, so a thread runs it.
+async def prometheus_metrics(request: Request) -> Response:
+    # The pool is read here, on the event loop that owns it (asyncpg's pool is not safe to
+    # read from another thread); reading the workers' sample files is blocking I/O, so a
+    # thread does that.
     db: Database | None = getattr(request.app.state, "db", None)
     if db is not None:
         metrics.sample_pool(db)
-    body, content_type = metrics.exposition()
+    body, content_type = await run_in_threadpool(metrics.exposition)
     return Response(body, media_type=content_type)

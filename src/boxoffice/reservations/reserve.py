@@ -1,9 +1,10 @@
 """Reserving tickets: the hot path, one SQL statement and so one round trip per hold.
 
-Chosen seats, best available and holds made with an Idempotency-Key all run `RESERVE`: it
-locks, checks, holds, audits and (when keyed) claims the key in one autocommitted statement,
-so its row locks last exactly as long as it runs and there is no BEGIN or COMMIT to pay for.
-Only an unhappy path (a refusal, a key already used) costs further round trips.
+Chosen seats, best available and holds made with an Idempotency-Key each run one statement
+(RESERVE_CHOSEN, RESERVE_BEST, …): it locks, checks, holds, audits and (when keyed) claims
+the key, autocommitted, so its row locks last exactly as long as it runs and there is no
+BEGIN or COMMIT to pay for. Only an unhappy path (a refusal, too few free seats without
+counting lapsed holds, a key already used) costs further round trips.
 """
 
 import json
@@ -27,84 +28,82 @@ from boxoffice.idempotency import KEY_TTL, IdempotencyRequest, key_hash, settled
 from boxoffice.reservations.records import HeldTicket, Hold
 from boxoffice.reservations.tokens import token_pair
 
-# Parameters: $1 event id, $2 the chosen ticket ids (NULL for best available), $3 how many
-# tickets, $4 section (best available; NULL for any), $5 customer, $6 the token's hash, and
-# for a keyed request $7 the key's scope (NULL without a key), $8 its hash, $9 the request's.
+# A reservation is ONE statement: `WITH locked AS (<which tickets>), <hold them>`. The first
+# part differs by kind of request (the four `_LOCK_*` below), the rest (`_HOLD_LOCKED`) is
+# the same for all; each kind is its own prepared statement, so each plan holds only what
+# its kind runs. Parameters, the same in all four: $1 event id, $2 the chosen ticket ids (or
+# for best available, the section or NULL), $3 how many tickets, $4 customer, $5 the
+# token's hash, and for a keyed request $6 the key's scope (NULL without a key), $7 its
+# hash, $8 the request's hash.
 #
-# The parts, in the order PostgreSQL needs them:
-#   chosen        FOR UPDATE in id order, so overlapping multi-seat holds queue in one
-#                 direction and can never deadlock; a busy row fails after the session's
-#                 lock_timeout (a 409), not a long queue. FOR UPDATE returns each row as it is
-#                 after any wait, so the checks below see the truth.
-#   best_free     SKIP LOCKED in seat order: concurrent buyers of one event take different
-#                 rows instead of queueing on the same ones; free rows through the partial
-#                 index on available tickets (best_free_in_section the same, in one section:
-#                 a separate part, not an `OR $4 IS NULL`, so that the prepared statement's
-#                 generic plan still walks that index in seat order rather than sorting
-#                 every free seat of the event, 15 times slower under load)...
-#   best_expired  ...and only when those run short, seats whose hold expired but was not yet
-#                 swept (free too, by `ticket_is_free`). Each part runs only for its kind of
-#                 request: the others' first condition is false before any row is read.
-#   verdict       all or nothing: every ticket there and free.
-#   claim         a keyed request claims its key, after its tickets: a concurrent retry with
-#                 the same key waits for the first attempt to commit, then claims nothing.
-#                 A refusal claims nothing either, so it may be retried with the same key.
-#   new_reservation, held, links, audit
-#                 the hold itself, only with a verdict (and a claimed key, when keyed); each
-#                 audit row records a hold that expired under its ticket too.
-# The answer is the locked tickets and, if it was made, the reservation.
-RESERVE = f"""
-WITH chosen AS (
-    SELECT t.id, t.position, t.label, t.section, t.row_label, t.seat, t.price_minor, t.status,
+# FOR UPDATE in id order: overlapping multi-seat holds queue in one direction and can never
+# deadlock; a busy row fails after the session's lock_timeout (a 409), not a long queue.
+# FOR UPDATE returns each row as it is after any wait, so the checks that follow see the
+# truth.
+_LOCK_CHOSEN = """
+    SELECT t.id, t.label, t.section, t.row_label, t.seat, t.price_minor, t.status,
            t.reservation_id, ticket_is_free(t.status, t.hold_expires_at) AS available
     FROM tickets t
-    WHERE $2::bigint[] IS NOT NULL AND t.id = ANY($2::bigint[]) AND t.event_id = $1
+    WHERE t.id = ANY($2::bigint[]) AND t.event_id = $1
     ORDER BY t.id
     FOR UPDATE
-), best_free AS (
-    SELECT t.id, t.position, t.label, t.section, t.row_label, t.seat, t.price_minor, t.status,
+"""
+# SKIP LOCKED in seat order: concurrent buyers of one event take different rows instead of
+# queueing on the same ones. Free rows through the partial index on available tickets...
+_LOCK_BEST = """
+    SELECT t.id, t.label, t.section, t.row_label, t.seat, t.price_minor, t.status,
            t.reservation_id, true AS available
     FROM tickets t
-    WHERE $2::bigint[] IS NULL AND $4::text IS NULL
-      AND t.event_id = $1 AND t.status = 'available'
+    WHERE $2::text IS NULL AND t.event_id = $1 AND t.status = 'available'
     ORDER BY t.position
     LIMIT $3
     FOR UPDATE SKIP LOCKED
-), best_free_in_section AS (
-    SELECT t.id, t.position, t.label, t.section, t.row_label, t.seat, t.price_minor, t.status,
+"""
+# ...in one section (its own statement, not `$2 IS NULL OR section = $2`: with that OR the
+# prepared statement's generic plan sorts every free seat of the event instead of walking
+# the index in seat order, 15 times slower under load)...
+_LOCK_BEST_IN_SECTION = """
+    SELECT t.id, t.label, t.section, t.row_label, t.seat, t.price_minor, t.status,
            t.reservation_id, true AS available
     FROM tickets t
-    WHERE $2::bigint[] IS NULL AND $4::text IS NOT NULL
-      AND t.event_id = $1 AND t.status = 'available' AND t.section = $4::text
+    WHERE t.event_id = $1 AND t.status = 'available' AND t.section = $2::text
     ORDER BY t.position
     LIMIT $3
     FOR UPDATE SKIP LOCKED
-), free AS (
-    SELECT * FROM best_free UNION ALL SELECT * FROM best_free_in_section
-), best_expired AS (
-    SELECT t.id, t.position, t.label, t.section, t.row_label, t.seat, t.price_minor, t.status,
+"""
+# ...and only when those run short, free seats including holds that expired but were not
+# swept yet (free too). The OR costs an index filter, hence a statement of its own.
+_LOCK_BEST_INCLUDING_EXPIRED = """
+    SELECT t.id, t.label, t.section, t.row_label, t.seat, t.price_minor, t.status,
            t.reservation_id, true AS available
     FROM tickets t
-    WHERE $2::bigint[] IS NULL AND (SELECT count(*) FROM free) < $3
-      AND t.event_id = $1 AND t.status = 'reserved' AND t.hold_expires_at <= now()
-      AND ($4::text IS NULL OR t.section = $4::text)
+    WHERE t.event_id = $1 AND ticket_is_free(t.status, t.hold_expires_at)
+      AND ($2::text IS NULL OR t.section = $2::text)
     ORDER BY t.position
-    LIMIT $3 - (SELECT count(*) FROM free)
+    LIMIT $3
     FOR UPDATE SKIP LOCKED
-), locked AS (
-    SELECT * FROM chosen
-    UNION ALL SELECT * FROM free
-    UNION ALL SELECT * FROM best_expired
-), verdict AS (
+"""
+# Holding what `locked` holds, in the order PostgreSQL needs it:
+#   verdict        all or nothing: every ticket there and free.
+#   claim          a keyed request claims its key, after its tickets: a concurrent retry
+#                  with the same key waits for the first attempt to commit, then claims
+#                  nothing. A refusal claims nothing either, so it may be retried with the
+#                  same key.
+#   new_reservation, held, links, audit
+#                  the hold itself, only with a verdict (and a claimed key, when keyed); each
+#                  audit row records a hold that expired under its ticket too.
+# The answer is the locked tickets and, if it was made, the reservation.
+_HOLD_LOCKED = f"""
+verdict AS (
     SELECT count(*) = $3 AND coalesce(bool_and(available), false) AS ok FROM locked
 ), hold AS (
     SELECT gen_random_uuid() AS id
 ), claim AS (
     INSERT INTO idempotency_keys AS k (scope, key_hash, request_hash, status_code,
                                        response_body)
-    SELECT $7::text, $8::text, $9::bytea, 201, jsonb_build_object('id', hold.id)
+    SELECT $6::text, $7::text, $8::bytea, 201, jsonb_build_object('id', hold.id)
     FROM verdict, hold
-    WHERE verdict.ok AND $7::text IS NOT NULL
+    WHERE verdict.ok AND $6::text IS NOT NULL
     ON CONFLICT (scope, key_hash) DO UPDATE
     SET request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code,
         response_body = EXCLUDED.response_body, created_at = now()
@@ -112,9 +111,9 @@ WITH chosen AS (
     RETURNING true AS claimed
 ), new_reservation AS (
     INSERT INTO reservations (id, event_id, customer, token_hash, ticket_count, expires_at)
-    SELECT hold.id, e.id, $5, $6, $3, now() + make_interval(secs => e.hold_seconds)
+    SELECT hold.id, e.id, $4, $5, $3, now() + make_interval(secs => e.hold_seconds)
     FROM events e, verdict, hold
-    WHERE e.id = $1 AND verdict.ok AND ($7::text IS NULL OR EXISTS (SELECT FROM claim))
+    WHERE e.id = $1 AND verdict.ok AND ($6::text IS NULL OR EXISTS (SELECT FROM claim))
     RETURNING id, created_at, expires_at
 ), held AS (
     UPDATE tickets t
@@ -147,6 +146,11 @@ SELECT l.id, l.label, l.section, l.row_label, l.seat, l.price_minor, l.available
 FROM locked l LEFT JOIN new_reservation r ON true
 ORDER BY l.id
 """
+
+RESERVE_CHOSEN = f"WITH locked AS ({_LOCK_CHOSEN}), {_HOLD_LOCKED}"
+RESERVE_BEST = f"WITH locked AS ({_LOCK_BEST}), {_HOLD_LOCKED}"
+RESERVE_BEST_IN_SECTION = f"WITH locked AS ({_LOCK_BEST_IN_SECTION}), {_HOLD_LOCKED}"
+RESERVE_BEST_INCLUDING_EXPIRED = f"WITH locked AS ({_LOCK_BEST_INCLUDING_EXPIRED}), {_HOLD_LOCKED}"
 
 _EVENT_EXISTS = "SELECT 1 FROM events WHERE id = $1"
 _SECTION_EXISTS = "SELECT 1 FROM tickets WHERE event_id = $1 AND section = $2 LIMIT 1"
@@ -227,7 +231,7 @@ async def reserve_tickets(
     async with db.connection() as conn:
         try:
             rows = await conn.fetch(
-                RESERVE, event_id, ids, len(ids), None, customer, token_hash, *keyed
+                RESERVE_CHOSEN, event_id, ids, len(ids), customer, token_hash, *keyed
             )
         except asyncpg.LockNotAvailableError:
             await _replay_if_keyed(conn, idempotency, token)
@@ -263,20 +267,25 @@ async def reserve_best_available(
     """Hold the best `quantity` free tickets (seat order), all or none."""
     token, token_hash = token_pair(token)
     keyed = _key_arguments(idempotency)
+    first = RESERVE_BEST if section is None else RESERVE_BEST_IN_SECTION
     async with db.connection() as conn:
-        try:
-            rows = await conn.fetch(
-                RESERVE, event_id, None, quantity, section, customer, token_hash, *keyed
-            )
-        except asyncpg.LockNotAvailableError:
-            await _replay_if_keyed(conn, idempotency, token)
-            # SKIP LOCKED still waits when it follows a row another buyer just changed;
-            # past the lock timeout the seats are contended, not gone: a clean 409.
-            raise TicketsUnavailable(
-                "other buyers are taking these seats right now; try again", requested=quantity
-            ) from None
-        if rows and rows[0]["reservation_id"] is not None:
-            return _hold_from(rows, event_id=event_id, customer=customer, token=token)
+        for statement in (first, RESERVE_BEST_INCLUDING_EXPIRED):
+            try:
+                rows = await conn.fetch(
+                    statement, event_id, section, quantity, customer, token_hash, *keyed
+                )
+            except asyncpg.LockNotAvailableError:
+                await _replay_if_keyed(conn, idempotency, token)
+                # SKIP LOCKED still waits when it follows a row another buyer just changed;
+                # past the lock timeout the seats are contended, not gone: a clean 409.
+                raise TicketsUnavailable(
+                    "other buyers are taking these seats right now; try again",
+                    requested=quantity,
+                ) from None
+            if rows and rows[0]["reservation_id"] is not None:
+                return _hold_from(rows, event_id=event_id, customer=customer, token=token)
+            if len(rows) == quantity:
+                break  # enough free seats, yet no hold: the key was used already
         await _replay_if_keyed(conn, idempotency, token)
         if not await conn.fetchval(_EVENT_EXISTS, event_id):
             raise EventNotFound(f"no event {event_id}")
