@@ -101,7 +101,6 @@ async def run(bench: Bench) -> None:
     say(
         f"[hot ticket] {winners} winner, {refused}× 409, {server_errors}× 5xx, slowest loser "
         f"{ms(slowest_release)} from release",
-        flush=True,
     )
     bench.report.targets += [
         Target(

@@ -52,7 +52,6 @@ async def run(bench: Bench) -> None:
         say(
             f"[listing {size:,}] p50 {ms(result.p50_ms)}, p99 {ms(result.p99_ms)}, "
             f"{num(result.rate)} pages/s",
-            flush=True,
         )
     bench.report.sections.append(
         "\n".join(

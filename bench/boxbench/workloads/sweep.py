@@ -118,7 +118,6 @@ async def run(bench: Bench) -> None:
         f"[sweep] {holds:,} holds (set up in {setup_seconds:.1f} s) swept in "
         f"{sweep_seconds:.2f} s; reservations meanwhile {num(during.rate)}/s, p99 "
         f"{ms(during.p99_ms)}, non-2xx {during.non_2xx}",
-        flush=True,
     )
     bench.report.targets += [
         Target(
@@ -173,7 +172,6 @@ async def run(bench: Bench) -> None:
         say(
             f"[sweep, server] {holds:,} holds freed {sweep_seconds:.2f} s after expiring; "
             f"reservations meanwhile p99 {ms(during.p99_ms)}",
-            flush=True,
         )
         await bench.server.restart()
 

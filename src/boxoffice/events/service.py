@@ -37,6 +37,7 @@ _INSERT_GENERAL_ADMISSION = """
 INSERT INTO tickets (event_id, position, label, price_minor)
 SELECT $1, n - 1, 'GA ' || n, $2 FROM generate_series(1, $3) AS n
 """
+_LONG_STATEMENTS = "SET LOCAL statement_timeout = '120s'"
 _INSERT_EVENT = """
 INSERT INTO events (name, venue, starts_at, hold_seconds, currency, kind, ticket_count)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -99,6 +100,9 @@ async def create_event(
             f"{event.ticket_count} tickets is more than the limit of {max_tickets} per event"
         )
     async with db.transaction() as conn:
+        # Generating up to MAX_TICKETS_PER_EVENT seats is one admin's bulk insert, not a
+        # buyer's statement: it may take longer than STATEMENT_TIMEOUT_MS on a busy server.
+        await conn.execute(_LONG_STATEMENTS)
         if idempotency is not None:
             await claim(conn, idempotency)
         event_id: uuid.UUID = await conn.fetchval(
