@@ -1,5 +1,8 @@
 """Fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL's server), a fresh migrated
-database per test session, and the real service running with two workers over HTTP."""
+database per test session, and the real service running with two workers over HTTP.
+
+Tests that use the server (or start processes) are marked `system` here at collection (see
+tests/support/system.py); `pytest -m "not system"` runs the fast layer alone."""
 
 import asyncio
 import os
@@ -28,11 +31,26 @@ from boxoffice.db import Database, server_settings
 from boxoffice.invariants import check_invariants
 from boxoffice.migrate import upgrade
 from boxoffice.serving import ServeProcess
+from tests.support.system import SYSTEM, forbid_processes, mark_system_items
 
 ADMIN_TOKEN = "test-admin-" + secrets.token_urlsafe(16)
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # The live servers' server secret, so tests can find a key's stored hash.
 SERVER_SECRET = "test-server-secret-" + secrets.token_urlsafe(24)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test whose fixtures start a server is a `system` test."""
+    mark_system_items(items)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_processes(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test outside the system layer that starts a process fails, naming the marker."""
+    if request.node.get_closest_marker(SYSTEM) is None:
+        forbid_processes(monkeypatch, request.node.nodeid)
 
 
 def with_database(url: str, name: str) -> str:

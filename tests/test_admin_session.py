@@ -105,6 +105,7 @@ def verbose_server(database_url: str, log: Path) -> Iterator[str]:
             process.wait()
 
 
+@pytest.mark.system
 def test_a_wrong_token_is_not_in_the_server_log(database_url: str, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     with verbose_server(database_url, log) as url:

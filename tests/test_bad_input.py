@@ -17,8 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import ADMIN, assert_invariants
+from tests.support.problems import assert_problem
 
-PROBLEM_BASE = "https://boxoffice.dev/problems/"
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 NO_SUCH_TICKET = 2**62
 TOO_BIG = 2**63  # one past the largest bigint
@@ -162,19 +162,6 @@ async def unchanged(target: Target, engine: AsyncEngine) -> AsyncIterator[None]:
     await assert_invariants(engine, target.event)
 
 
-def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json"), (
-        response.headers["content-type"]
-    )
-    body: dict[str, Any] = response.json()
-    assert body["type"] == PROBLEM_BASE + slug, body
-    assert body["status"] == status
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
-
-
 async def send(
     client: httpx.AsyncClient,
     target: Target,
@@ -243,7 +230,7 @@ def new_event(id: str, body: Body, status: int = 422, slug: str = INVALID, **kw:
     return case("POST", "/events", body, status, slug, id=id, **{"auth": "admin", **kw})
 
 
-def ids(pick: Callable[[Target], list[int]], customer: str = "c") -> Callable[[Target], Any]:
+def ids(pick: Callable[[Target], list[Any]], customer: str = "c") -> Callable[[Target], Any]:
     return lambda t: {"ticket_ids": pick(t), "customer": customer}
 
 

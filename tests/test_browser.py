@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import asyncpg
 import httpx
@@ -542,11 +542,14 @@ def test_admin_page_creates_events_and_shows_counts(shop: Shop, open_browser: Op
     price.send_keys("12.50")
     admin.find_element(By.ID, "create-button").click()
     wait_for_message(admin, f"Created “{name}” with 50 tickets.")
-    row = wait(admin).until(
-        lambda d: next(
-            (r for r in d.find_elements(By.CSS_SELECTOR, "#events-body tr") if name in r.text),
-            False,
-        )
+    row = cast(
+        WebElement,
+        wait(admin).until(
+            lambda d: next(
+                (r for r in d.find_elements(By.CSS_SELECTOR, "#events-body tr") if name in r.text),
+                False,
+            )
+        ),
     )
     cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
     assert cells[2:] == ["General admission", "50", "50", "0", "0"]

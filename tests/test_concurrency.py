@@ -10,14 +10,15 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from functools import partial
 from typing import Any
 
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import EventFactory, assert_invariants, ticket_ids, wait_for_database_time
+from tests.conftest import EventFactory, assert_invariants, ticket_ids
+from tests.support.expiry import move_expiry_into_the_past
 
 Send = Callable[[], Awaitable[httpx.Response]]
 
@@ -302,11 +303,14 @@ async def test_confirm_racing_release_exactly_one_wins(
     for hold in holds:
         path, headers = f"/reservations/{hold['id']}", holder(hold["token"])
         sends.append(
-            lambda path=path, headers=headers: client.post(
-                path + "/confirm", json={"payment_reference": "pay-race"}, headers=headers
+            partial(
+                client.post,
+                path + "/confirm",
+                json={"payment_reference": "pay-race"},
+                headers=headers,
             )
         )
-        sends.append(lambda path=path, headers=headers: client.delete(path, headers=headers))
+        sends.append(partial(client.delete, path, headers=headers))
     responses = await rush(client, sends)
 
     assert_no_server_errors(responses)
@@ -352,11 +356,7 @@ async def test_double_confirm_books_once(
             path = f"/reservations/{hold['id']}/confirm"
             body = {"payment_reference": f"pay-{attempt}"}
             headers = holder(hold["token"])
-            sends.append(
-                lambda path=path, body=body, headers=headers: client.post(
-                    path, json=body, headers=headers
-                )
-            )
+            sends.append(partial(client.post, path, json=body, headers=headers))
     responses = await rush(client, sends)
 
     assert_no_server_errors(responses)
@@ -386,7 +386,7 @@ async def test_double_confirm_books_once(
 async def test_an_expired_hold_cannot_be_confirmed_even_if_nobody_took_it(
     client: httpx.AsyncClient, make_event: EventFactory, engine: AsyncEngine
 ) -> None:
-    event = await make_event(rows=1, seats_per_row=4, hold_seconds=1)
+    event = await make_event(rows=1, seats_per_row=4, hold_seconds=3600)
     event_id = event["id"]
     ids = await ticket_ids(client, event_id)
     response = await client.post(
@@ -394,7 +394,7 @@ async def test_an_expired_hold_cannot_be_confirmed_even_if_nobody_took_it(
     )
     assert response.status_code == 201, response.text
     old = response.json()
-    await wait_for_database_time(engine, datetime.fromisoformat(old["expires_at"]))
+    await move_expiry_into_the_past(engine, old["id"])  # its time runs out now
 
     confirm = await client.post(
         f"/reservations/{old['id']}/confirm",
@@ -416,7 +416,7 @@ async def test_an_expired_hold_cannot_be_confirmed_even_if_nobody_took_it(
 async def test_buyers_take_an_expired_hold_while_its_holder_confirms(
     client: httpx.AsyncClient, make_event: EventFactory, engine: AsyncEngine
 ) -> None:
-    event = await make_event(rows=1, seats_per_row=6, hold_seconds=1)
+    event = await make_event(rows=1, seats_per_row=6, hold_seconds=3600)
     event_id = event["id"]
     ids = await ticket_ids(client, event_id)
     wanted = ids[1:3]
@@ -425,7 +425,7 @@ async def test_buyers_take_an_expired_hold_while_its_holder_confirms(
     )
     assert response.status_code == 201, response.text
     old = response.json()
-    await wait_for_database_time(engine, datetime.fromisoformat(old["expires_at"]))
+    await move_expiry_into_the_past(engine, old["id"])  # its time runs out now
 
     confirm_path = f"/reservations/{old['id']}/confirm"
     sends: list[Send] = [
@@ -482,14 +482,14 @@ async def test_buyers_take_an_expired_hold_while_its_holder_confirms(
 async def test_best_available_buyers_take_expired_holds_while_holder_confirms(
     client: httpx.AsyncClient, make_event: EventFactory, engine: AsyncEngine
 ) -> None:
-    event = await make_event(general_admission=5, hold_seconds=1)
+    event = await make_event(general_admission=5, hold_seconds=3600)
     event_id = event["id"]
     response = await client.post(
         f"/events/{event_id}/reservations", json={"quantity": 5, "customer": "slow"}
     )
     assert response.status_code == 201, response.text
     old = response.json()
-    await wait_for_database_time(engine, datetime.fromisoformat(old["expires_at"]))
+    await move_expiry_into_the_past(engine, old["id"])  # its time runs out now
 
     confirm_path = f"/reservations/{old['id']}/confirm"
     sends: list[Send] = [

@@ -24,6 +24,7 @@ import pytest
 
 from boxoffice.serving import ServeProcess, free_port
 from tests.conftest import Databases, embedded_data_dir
+from tests.support.system import system_fixture
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEMO_TICKET = "bf2af413-dd2f-4dd2-a0e1-13def2abe020"
@@ -111,6 +112,7 @@ def seed_demo_data(env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
+@system_fixture
 def fresh_serve() -> Iterator[tuple[str, dict[str, str]]]:
     """`./scripts/serve` as a new user runs it, on a data folder of its own."""
     with embedded_data_dir() as data_dir:
@@ -199,6 +201,7 @@ def test_our_run_concurrent_with_no_ticket_fights_over_the_demo_ticket(
     assert demo_tickets(base_url)[DEMO_TICKET]["status"] == "reserved"
 
 
+@pytest.mark.system
 def test_run_concurrent_outside_the_venv_says_what_to_do() -> None:
     # -S: no site-packages, as with a system python that has neither httpx nor boxoffice.
     completed = subprocess.run(
@@ -261,6 +264,7 @@ def postgres_variables(url: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("how", ["DATABASE_URL", "POSTGRES_*", ".env"])
+@pytest.mark.system
 def test_alembic_upgrade_head_migrates_the_configured_database(
     how: str, databases: Databases, tmp_path: Path
 ) -> None:

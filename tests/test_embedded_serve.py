@@ -3,16 +3,17 @@ workers, and stops with the service — also after an earlier run was killed wit
 
 import os
 import signal
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from boxoffice.serving import ServeProcess
 from tests.conftest import embedded_data_dir
+from tests.support.embedded import serve_embedded
+
+# The system layer (tests/support/system.py). Starts `boxoffice serve` on its own embedded
+# PostgreSQL.
+pytestmark = pytest.mark.system
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:
@@ -30,27 +31,6 @@ def _alive(pid: int) -> bool:
     # A zombie is dead for our purposes.
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().split(") ", 1)[1].startswith("Z"))
-
-
-@contextmanager
-def serve_embedded(data_dir: Path, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"DATABASE_URL", "TEST_DATABASE_URL", "POSTGRES_HOST", "ADMIN_TOKEN"}
-    }
-    server = ServeProcess(
-        base_env=environment,
-        env={"DATA_DIR": str(data_dir)},
-        log_path=log,
-        workers=2,
-        log_level=None,
-        # What is still running at the end (the -9 run) goes at once, workers included.
-        stop_signal=signal.SIGKILL,
-    )
-    with server:
-        assert server.process is not None
-        yield server.process, server.url
 
 
 @pytest.mark.skipif(

@@ -54,7 +54,7 @@ async def walk(
 async def test_create_event_returns_201_with_location_and_counts(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    body = {
+    body: dict[str, Any] = {
         "name": "Counts night",
         "venue": "Hall 1",
         "starts_at": "2031-05-01T19:30:00+02:00",

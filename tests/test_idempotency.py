@@ -23,7 +23,7 @@ from tests.conftest import (
     service_db,
     ticket_ids,
 )
-from tests.test_lifecycle import assert_problem, bearer
+from tests.support.problems import assert_problem, bearer
 
 CONCURRENT = 20
 # The database keeps only the key's HMAC under the server secret, in hex.
@@ -362,7 +362,7 @@ async def test_guessable_keys_are_refused(
     before = await reservations_of(engine, event["id"])
     for weak in (b"1", b"a" * 21, b"order 42 of ada@example.com", "é".encode() * 30):
         response = await client.post(
-            f"/events/{event['id']}/reservations", json=body, headers={"Idempotency-Key": weak}
+            f"/events/{event['id']}/reservations", json=body, headers={b"Idempotency-Key": weak}
         )
         assert_problem(response, 422, "invalid-request")
     assert await reservations_of(engine, event["id"]) == before

@@ -24,7 +24,8 @@ from boxoffice.migrate import upgrade
 from boxoffice.reservations import holder
 from boxoffice.reservations.records import Hold
 from boxoffice.reservations.reserve import reserve_tickets
-from tests.conftest import ADMIN_TOKEN, Databases, create_engine, service_db, wait_for_database_time
+from tests.conftest import ADMIN_TOKEN, Databases, create_engine, service_db
+from tests.support.expiry import move_expiry_into_the_past
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -114,9 +115,9 @@ async def test_a_valid_scene_has_no_violations(engine: AsyncEngine) -> None:
 
 
 async def test_expired_holds_are_valid_before_and_after_the_sweep(engine: AsyncEngine) -> None:
-    scene = await make_scene(engine, hold_seconds=1)
-    # `paid` was confirmed in time; only `held` lapses.
-    await wait_for_database_time(engine, scene.held.expires_at)
+    scene = await make_scene(engine)
+    # `paid` was confirmed in time; only `held` lapses (now, on the database clock).
+    await move_expiry_into_the_past(engine, scene.held.reservation_id)
     assert await violations_of(engine, scene) == []
     result = await sweep_all(service_db(engine), batch_size=10)
     assert result.tickets_freed >= 2

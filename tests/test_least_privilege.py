@@ -17,7 +17,11 @@ import pytest
 from boxoffice.roles import with_user
 from boxoffice.seed import ORIGINAL_DEMO_TICKET
 from tests.conftest import Databases, embedded_data_dir, execute_sql, serving, with_database
-from tests.test_embedded_serve import serve_embedded
+from tests.support.embedded import serve_embedded
+
+# The system layer (tests/support/system.py). Each test starts `boxoffice serve` (on an embedded
+# PostgreSQL of its own, or an external one).
+pytestmark = pytest.mark.system
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

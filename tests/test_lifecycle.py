@@ -12,31 +12,9 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import (
-    ADMIN,
-    EventFactory,
-    assert_invariants,
-    ticket_ids,
-    wait_for_database_time,
-)
-
-PROBLEM_BASE = "https://boxoffice.dev/problems/"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
-    """An RFC 9457 problem with this status and stable type; returns its body."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["type"] == PROBLEM_BASE + slug, body
-    assert body["status"] == status
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
+from tests.conftest import ADMIN, EventFactory, assert_invariants, ticket_ids
+from tests.support.expiry import move_expiry_into_the_past
+from tests.support.problems import assert_problem, bearer
 
 
 async def reserve(
@@ -263,10 +241,9 @@ async def test_hold_expires_lazily_and_the_tickets_are_free_again(
     assert when(first["expires_at"]) - when(first["created_at"]) == timedelta(seconds=1)
     assert await counts(client, seated["id"]) == {"available": 2, "reserved": 2, "booked": 0}
 
-    # A datetime, not the ISO string: asyncpg will not cast a str parameter to timestamptz.
-    await wait_for_database_time(
-        engine, max(when(first["expires_at"]), when(first_ga["expires_at"]))
-    )
+    # Both holds run out now, on the database clock (no sleeping out their second).
+    for lapsing in (first, first_ga):
+        await move_expiry_into_the_past(engine, lapsing["id"])
 
     # No sweeper runs in these tests: the rows still say reserved...
     rows = await db_tickets(engine, chosen)

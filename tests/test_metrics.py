@@ -7,39 +7,18 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import ADMIN, ADMIN_TOKEN, EventFactory, running_server, ticket_ids
-from tests.test_simulate import against, run_json
+from tests.support.metrics import scrape, value
+from tests.support.simulate import against, run_json
+
+# The system layer (tests/support/system.py). Every test reads /metrics or the logs of a running
+# server.
+pytestmark = pytest.mark.system
 
 RESERVE_ROUTE = "/events/{event_id}/reservations"
-
-
-def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of the text format, by name and labels."""
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = (sample.name, frozenset(sample.labels.items()))
-            samples[key] = samples.get(key, 0.0) + sample.value
-    return samples
-
-
-def value(
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float:
-    """The sum of the samples called `name` whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
-
-
-async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    response = await client.get("/metrics")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
-    return parse(response.text)
 
 
 async def test_metrics_count_requests_over_all_workers(live_server: str) -> None:
@@ -189,7 +168,7 @@ async def test_the_counters_move_while_boxoffice_simulate_runs(
     runs, the counters climb; afterwards they agree with the simulator's own tally."""
     counter = "boxoffice_reservations_total"
     env = {"SWEEP_INTERVAL_SECONDS": "0.5"}
-    with running_server(database_url, tmp_path / "server.log", **env) as url:
+    with running_server(database_url, tmp_path / "server.log", workers=2, **env) as url:
         async with httpx.AsyncClient(base_url=url) as client:
             before = await scrape(client)
             run = asyncio.create_task(

@@ -6,7 +6,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -289,7 +289,7 @@ async def test_database_refuses_forbidden_ticket_states(
         async with constrained.engine.begin() as conn:
             await conn.execute(text(statement), params(constrained))
     assert sqlstate(refused.value) == state, refused.value
-    original = refused.value.orig
+    original = cast(Exception, refused.value.orig)
     assert getattr(original.__cause__, "constraint_name", None) == constraint, refused.value
 
 

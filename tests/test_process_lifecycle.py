@@ -26,6 +26,10 @@ import pytest
 
 from tests.conftest import ADMIN, ADMIN_TOKEN, embedded_data_dir, free_port, wait_until_ready
 
+# The system layer (tests/support/system.py). Every test runs `boxoffice` as a process (serve,
+# migrate) and signals it.
+pytestmark = pytest.mark.system
+
 embedded_only = pytest.mark.skipif(
     bool(os.environ.get("SKIP_EMBEDDED_TESTS")), reason="SKIP_EMBEDDED_TESTS is set"
 )

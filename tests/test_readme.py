@@ -21,6 +21,7 @@ def curl_walkthrough() -> str:
     return match.group(1)
 
 
+@pytest.mark.system
 def test_readme_curl_examples_work(databases: Databases, tmp_path: Path) -> None:
     # A fresh database, as a new user has: the walkthrough speaks of "the demo event", which
     # `serve` seeds into an empty database, not of whatever other tests left behind.

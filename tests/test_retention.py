@@ -35,6 +35,7 @@ from tests.conftest import (
     service_db,
     ticket_ids,
 )
+from tests.support.system import system_fixture
 
 HISTORY_TABLES = ("reservations", "reservation_tickets", "ticket_audit")
 # Older than the default retention (168 hours).
@@ -52,6 +53,7 @@ class RetentionDatabase:
 
 
 @pytest.fixture(scope="module")
+@system_fixture
 def retention_database(
     databases: Databases, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RetentionDatabase]:

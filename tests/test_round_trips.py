@@ -11,6 +11,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import pytest
@@ -19,12 +20,11 @@ from boxoffice.config import Settings
 from boxoffice.db import Database
 from boxoffice.events.schemas import EventCreate, SectionIn
 from boxoffice.events.service import create_event
-from boxoffice.idempotency import IdempotencyRequest, request_hash
+from boxoffice.idempotency import IdempotencyRequest
 from boxoffice.reservations import holder
 from boxoffice.reservations.records import Hold
 from boxoffice.reservations.reserve import reserve_best_available, reserve_tickets
-from boxoffice.reservations.schemas import ReservationCreate, created_from_hold
-from boxoffice.reservations.tokens import token_for_key
+from boxoffice.reservations.schemas import ReservationCreate, keyed_reservation
 from boxoffice.tickets.service import list_event_tickets
 
 SECRET = b"round-trip-test-secret"
@@ -101,19 +101,7 @@ async def turns_of(relay: TurnCountingRelay, operation: object) -> int:
 
 
 def keyed(event_id: uuid.UUID, body: ReservationCreate) -> tuple[IdempotencyRequest, str]:
-    key = str(uuid.uuid4())
-    scope = f"POST /events/{{event_id}}/reservations {event_id}"
-    fingerprint = request_hash(body)
-    token = token_for_key(SECRET, key, scope, fingerprint)
-    request = IdempotencyRequest(
-        key=key,
-        secret=SECRET,
-        scope=scope,
-        request_hash=fingerprint,
-        status_code=201,
-        render=lambda hold: created_from_hold(hold).model_dump(mode="json"),
-    )
-    return request, token
+    return keyed_reservation(SECRET, str(uuid.uuid4()), event_id, body)
 
 
 async def test_each_hot_operation_costs_the_round_trips_it_should(
@@ -136,7 +124,7 @@ async def test_each_hot_operation_costs_the_round_trips_it_should(
     # Chosen seats from the back, so best available (from the front) never takes them.
     seats = iter(ticket.id for ticket in reversed(tickets))
 
-    async def chosen(**extra: object) -> object:
+    async def chosen(**extra: Any) -> object:
         return await reserve_tickets(
             db, event_id=event_id, ticket_ids=[next(seats)], customer="ada", **extra
         )

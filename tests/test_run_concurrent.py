@@ -116,6 +116,7 @@ def test_main_exits_2_when_the_server_cannot_be_reached(
 # --- against the real server, as a subprocess ---------------------------------------------
 
 
+@pytest.mark.system
 async def test_fifty_users_one_ticket_exactly_one_wins(
     live_server: str, make_event: EventFactory, client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
@@ -174,6 +175,7 @@ async def test_fifty_users_one_ticket_exactly_one_wins(
     await assert_invariants(engine, event["id"])
 
 
+@pytest.mark.system
 def test_first_available_ticket_on_request(databases: Databases, tmp_path: Path) -> None:
     """--first-available fights over the first ticket `GET /tickets` lists as available.
 
@@ -212,6 +214,7 @@ def test_first_available_ticket_on_request(databases: Databases, tmp_path: Path)
     asyncio.run(check())
 
 
+@pytest.mark.system
 def test_a_closed_port_exits_2() -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     code, stdout, stderr = run_script("--url", closed, "--users", "5")

@@ -23,6 +23,10 @@ from tests.conftest import (
     wait_until_ready,
 )
 
+# The system layer (tests/support/system.py). Every test talks to a server process (`boxoffice
+# serve`, or uvicorn itself).
+pytestmark = pytest.mark.system
+
 EVENT = {
     "name": "Secret test",
     "starts_at": "2030-01-01T20:00:00Z",

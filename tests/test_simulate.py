@@ -32,6 +32,7 @@ from tests.conftest import (
     free_port,
     running_server,
 )
+from tests.support.simulate import against, run_json, simulate
 
 # --- the verdict on hand-made runs ------------------------------------------------------------
 
@@ -262,31 +263,6 @@ async def test_the_budget_stops_new_buyers_and_an_abort_wakes_thinkers() -> None
 
 
 # --- the command, in this process -------------------------------------------------------------
-
-
-def simulate(*argv: str, settings: Settings | None = None, keyed: bool = False) -> int:
-    """`boxoffice simulate ARGV` with settings from nowhere but the arguments; `keyed`:
-    `--idempotency-keys` (a fresh Idempotency-Key on every reservation attempt)."""
-    keys = ["--idempotency-keys"] if keyed else []
-    args = cli.build_parser().parse_args(["simulate", *argv, *keys])
-    return runner.main(args, settings or Settings(_env_file=None))  # type: ignore[call-arg]
-
-
-def against(live_server: str, database_url: str) -> list[str]:
-    return ["--url", live_server, "--database-url", database_url, "--admin-token", ADMIN_TOKEN]
-
-
-async def run_json(
-    capsys: pytest.CaptureFixture[str], *argv: str, keyed: bool = False
-) -> tuple[int, dict[str, Any]]:
-    # In a thread: the simulator runs its own event loop, as it does from the command line.
-    code = await asyncio.to_thread(simulate, *argv, "--json", keyed=keyed)
-    captured = capsys.readouterr()
-    try:
-        report: dict[str, Any] = json.loads(captured.out)
-    except ValueError:
-        pytest.fail(f"no JSON (exit {code}):\n{captured.out}\n{captured.err}")
-    return code, report
 
 
 async def counts(engine: AsyncEngine, sql: str, event_id: str) -> dict[str, int]:
@@ -524,6 +500,7 @@ async def test_the_invariant_step_wants_the_servers_database(database_url: str) 
 # --- a database broken on purpose ---------------------------------------------------------
 
 
+@pytest.mark.system
 def test_a_broken_invariant_fails_the_run(
     databases: Databases, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -567,6 +544,7 @@ def test_a_broken_invariant_fails_the_run(
 @pytest.mark.skipif(
     bool(os.environ.get("SKIP_EMBEDDED_TESTS")), reason="SKIP_EMBEDDED_TESTS is set"
 )
+@pytest.mark.system
 def test_acceptance_500_buyers_on_a_private_embedded_server() -> None:
     """`boxoffice simulate one-ticket --buyers 500`, no --url: it starts and stops its own."""
     environment = {

@@ -50,6 +50,7 @@ from boxoffice.db import Database
 from boxoffice.expiry import sweep_all
 from boxoffice.invariants import check_invariants
 from tests.conftest import ADMIN, ADMIN_TOKEN, create_engine
+from tests.support.expiry import move_expiry_into_the_past
 
 PROBLEM_BASE = "https://boxoffice.dev/problems/"
 T = TypeVar("T")
@@ -486,39 +487,6 @@ async def stored_rows(
             {row[0]: (row[1], row[2]) for row in tickets},
             {row[0]: row[1] for row in reservations},
         )
-
-
-async def move_expiry_into_the_past(
-    engine: AsyncEngine, reservation_id: str
-) -> tuple[bool, list[int]]:
-    """Let a hold's expiry pass now, if it is still ahead: the reservation's expires_at and
-    the hold_expires_at of the tickets it still holds move together (I2), and created_at moves
-    by the same amount (CHECK expires_at > created_at). Returns whether the reservation moved,
-    and which tickets did."""
-    async with engine.begin() as conn:
-        moved = await conn.execute(
-            text(
-                """
-                UPDATE reservations
-                SET created_at = created_at - (expires_at - (now() - interval '1 second')),
-                    expires_at = now() - interval '1 second'
-                WHERE id = :id AND expires_at > now()
-                RETURNING expires_at
-                """
-            ),
-            {"id": uuid.UUID(reservation_id)},
-        )
-        expires_at = moved.scalar()
-        if expires_at is None:
-            return False, []
-        tickets = await conn.execute(
-            text(
-                "UPDATE tickets SET hold_expires_at = :expires_at"
-                " WHERE reservation_id = :id AND status = 'reserved' RETURNING id"
-            ),
-            {"id": uuid.UUID(reservation_id), "expires_at": expires_at},
-        )
-        return True, sorted(tickets.scalars().all())
 
 
 def create_foreign_tickets(client: httpx.Client) -> list[int]:

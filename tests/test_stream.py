@@ -4,7 +4,6 @@ after the listening connection drops; big sweeps split into notifications that f
 
 import asyncio
 import json
-import re
 import signal
 import time
 import uuid
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,28 +27,16 @@ from tests.conftest import (
     serving,
     ticket_ids,
 )
-from tests.test_lifecycle import assert_problem, bearer
-from tests.test_metrics import scrape, value
-from tests.test_state_machine import move_expiry_into_the_past
+from tests.support.expiry import move_expiry_into_the_past
+from tests.support.metrics import scrape, value
+from tests.support.problems import assert_problem, bearer
+from tests.support.stream import snapshot_statuses
+
+# The system layer (tests/support/system.py). Every test streams from the live server, some from
+# servers of their own.
+pytestmark = pytest.mark.system
 
 WAIT_SECONDS = 15.0
-
-
-_RUN = re.compile(r"([a-z-])(\d*)")
-_RUN_STATUS = {"a": "available", "r": "reserved", "b": "booked"}
-
-
-def snapshot_statuses(snapshot: dict[str, Any]) -> dict[int, str]:
-    """Every ticket's status from a snapshot's runs: from id `first` on, a letter and how many
-    ids in a row have it (`-`: ids that are not tickets of the event)."""
-    statuses: dict[int, str] = {}
-    ticket_id = snapshot["first"]
-    for letter, digits in _RUN.findall(snapshot["runs"]):
-        count = int(digits) if digits else 1
-        if letter != "-":
-            statuses.update(dict.fromkeys(range(ticket_id, ticket_id + count), _RUN_STATUS[letter]))
-        ticket_id += count
-    return statuses
 
 
 @dataclass

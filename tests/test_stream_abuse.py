@@ -39,9 +39,10 @@ from boxoffice.live.relay import RELAY_LOCK
 from boxoffice.live.service import MAX_REPLAYED_CHANGES, SharedSnapshots
 from boxoffice.migrate import upgrade
 from tests.conftest import ADMIN, ADMIN_TOKEN, Databases, Served, create_engine, serving, ticket_ids
-from tests.test_lifecycle import assert_problem, bearer
-from tests.test_metrics import parse, value
-from tests.test_stream import snapshot_statuses
+from tests.support.metrics import parse, value
+from tests.support.problems import assert_problem, bearer
+from tests.support.stream import snapshot_statuses
+from tests.support.system import system_fixture
 
 DEADLINE_SECONDS = 20.0
 BIG_EVENT_TICKETS = 200_000
@@ -165,6 +166,7 @@ def abuse_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+@system_fixture
 def abuse_server(abuse_database: str, abuse_log: Path) -> Iterator[Served]:
     # The sweeper runs (it must not starve); holds of 100 tickets make changes in bulk.
     env = {"SWEEP_INTERVAL_SECONDS": "0.5", "MAX_TICKETS_PER_HOLD": "100"}
@@ -327,7 +329,7 @@ async def test_a_storm_of_opens_leaves_buyers_the_sweeper_and_memory_alone(
 
     latencies = sorted(latency for _, latency in outcomes)
     statuses = {status for status, _ in outcomes}
-    figures = {
+    figures: dict[str, Any] = {
         "opens": len(watchers),
         "opens_per_second": round(len(watchers) / storm_took, 1),
         "open_p50_ms": round(statistics.median(open_times) * 1000),
@@ -400,6 +402,7 @@ async def test_a_client_past_its_stream_cap_gets_429(
     await again.close()
 
 
+@pytest.mark.system
 async def test_a_worker_at_its_stream_cap_answers_503(
     abuse_database: str, big_event: str, tmp_path: Path
 ) -> None:

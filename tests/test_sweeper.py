@@ -12,7 +12,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,12 @@ from tests.conftest import (
     create_engine,
     running_server,
     ticket_ids,
-    wait_for_database_time,
 )
+from tests.support.expiry import expire_holds_of_event
+
+# The system layer (tests/support/system.py). A server of its own, and `boxoffice sweep` run as
+# processes.
+pytestmark = pytest.mark.system
 
 FREED = re.compile(r"freed (\d+) tickets, marked (\d+) holds expired")
 
@@ -99,16 +102,6 @@ async def hold(
 
 def holder(reservation: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {reservation['token']}"}
-
-
-async def latest_expiry(engine: AsyncEngine, event_id: str) -> datetime:
-    async with engine.connect() as conn:
-        moment = await conn.scalar(
-            text("SELECT max(expires_at) FROM reservations WHERE event_id = :e"),
-            {"e": uuid.UUID(event_id)},
-        )
-    assert isinstance(moment, datetime)
-    return moment
 
 
 def sweep_command(url: str, batch_size: int) -> tuple[list[str], dict[str, str]]:
@@ -199,7 +192,7 @@ async def waiting_on_locks(engine: AsyncEngine) -> int:
 async def test_two_sweep_processes_free_each_expired_hold_once(
     api: httpx.AsyncClient, sweep_engine: AsyncEngine, sweep_database: SweepDatabase
 ) -> None:
-    event_id = await create_event(api, rows=30, seats_per_row=20, hold_seconds=1)
+    event_id = await create_event(api, rows=30, seats_per_row=20, hold_seconds=300)
     ids = await ticket_ids(api, event_id)
     assert len(ids) == 600
     pairs = [ids[i : i + 2] for i in range(0, 600, 2)]
@@ -212,7 +205,8 @@ async def test_two_sweep_processes_free_each_expired_hold_once(
 
     holds = await asyncio.gather(*(take(n, pair) for n, pair in enumerate(pairs)))
     assert len({h["id"] for h in holds}) == 300
-    await wait_for_database_time(sweep_engine, await latest_expiry(sweep_engine, event_id))
+    # Every hold's time runs out now, on the database clock.
+    assert len(await expire_holds_of_event(sweep_engine, event_id)) == 300
     before = await stored_state(sweep_engine, event_id)
     assert {row[1] for row in before["tickets"].values()} == {"reserved"}
 
@@ -271,10 +265,10 @@ async def test_background_sweeper_frees_expired_holds(
     sweep_database: SweepDatabase,
     tmp_path: Path,
 ) -> None:
-    event_id = await create_event(api, rows=2, seats_per_row=10, hold_seconds=1)
+    event_id = await create_event(api, rows=2, seats_per_row=10, hold_seconds=300)
     ids = await ticket_ids(api, event_id)
     holds = [await hold(api, event_id, ids[n : n + 4], f"bg-{n}") for n in range(0, 20, 4)]
-    await wait_for_database_time(sweep_engine, await latest_expiry(sweep_engine, event_id))
+    await expire_holds_of_event(sweep_engine, event_id)
     # Expired but not swept: stored as reserved, yet every read already says available.
     before = await stored_state(sweep_engine, event_id)
     assert {row[1] for row in before["tickets"].values()} == {"reserved"}
@@ -316,7 +310,7 @@ async def test_sweep_leaves_live_holds_bookings_and_ended_holds_alone(
     )
     assert confirm.status_code == 200, confirm.text
 
-    short = await create_event(api, rows=1, seats_per_row=8, hold_seconds=1)
+    short = await create_event(api, rows=1, seats_per_row=8, hold_seconds=300)
     short_ids = await ticket_ids(api, short)
     lapsed = await hold(api, short, short_ids[0:2], "lapsed")
     paid_in_time = await hold(api, short, short_ids[2:4], "paid-in-time")
@@ -330,12 +324,10 @@ async def test_sweep_leaves_live_holds_bookings_and_ended_holds_alone(
     release = await api.delete(f"/reservations/{released['id']}", headers=holder(released))
     assert release.status_code == 204, release.text
     retaken = await hold(api, short, short_ids[6:8], "lapsed-too")
-    await wait_for_database_time(sweep_engine, await latest_expiry(sweep_engine, short))
+    # The two holds still active run out now, on the database clock.
+    lapsing = {uuid.UUID(lapsed["id"]), uuid.UUID(retaken["id"])}
+    assert set(await expire_holds_of_event(sweep_engine, short)) == lapsing
     # Another buyer takes over the tickets of one lapsed hold, with a hold that lasts.
-    async with sweep_engine.begin() as conn:
-        await conn.execute(
-            text("UPDATE events SET hold_seconds = 300 WHERE id = :e"), {"e": uuid.UUID(short)}
-        )
     successor = await hold(api, short, short_ids[6:8], "successor")
     lasting_before = await stored_state(sweep_engine, lasting)
     short_before = await stored_state(sweep_engine, short)

@@ -12,7 +12,7 @@ import httpx
 from boxoffice.config import Settings
 from boxoffice.main import create_app
 from tests.conftest import ADMIN_TOKEN, EventFactory, free_port, ticket_ids
-from tests.test_lifecycle import bearer
+from tests.support.problems import bearer
 
 STATIC = Path(__file__).parent.parent / "src" / "boxoffice" / "web" / "static"
 

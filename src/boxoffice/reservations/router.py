@@ -24,8 +24,9 @@ from boxoffice.reservations.schemas import (
     ReservationOut,
     booking_from_view,
     created_from_hold,
+    keyed_reservation,
 )
-from boxoffice.reservations.tokens import hash_token, token_for_key
+from boxoffice.reservations.tokens import hash_token
 
 router = APIRouter(tags=["reservations"])
 
@@ -67,22 +68,8 @@ async def reserve(
     idempotency = None
     token = None
     if idempotency_key is not None:
-        scope = f"POST /events/{{event_id}}/reservations {event_id}"
-        fingerprint = request_hash(body)
         secret = server_secret(settings)
-        # Derived from the key, never stored: a replay derives it again.
-        token = token_for_key(secret, idempotency_key, scope, fingerprint)
-        idempotency = IdempotencyRequest(
-            key=idempotency_key,
-            secret=secret,
-            scope=scope,
-            request_hash=fingerprint,
-            status_code=201,
-            # A replay renders the hold again, with its status as it is now (it may have been
-            # paid, released or have expired since): a retrying client must not pay for a
-            # dead hold.
-            render=lambda hold: created_from_hold(hold).model_dump(mode="json"),
-        )
+        idempotency, token = keyed_reservation(secret, idempotency_key, event_id, body)
     hold = await _reserve(event_id, body, db, settings, idempotency, token)
     response.headers["Location"] = f"/reservations/{hold.reservation_id}"
     return created_from_hold(hold)

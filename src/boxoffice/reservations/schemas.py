@@ -5,7 +5,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from boxoffice.config import TICKETS_PER_HOLD_CEILING
+from boxoffice.idempotency import IdempotencyRequest, request_hash
 from boxoffice.reservations.records import Hold, ReservationView
+from boxoffice.reservations.tokens import token_for_key
 from boxoffice.tickets.models import TicketStatus
 from boxoffice.tickets.schemas import TicketOut
 
@@ -150,3 +152,23 @@ def booking_from_view(view: ReservationView) -> BookingOut:
         created_at=booking.created_at,
         tickets=[TicketOut.from_row(ticket, ticket.currency) for ticket in view.tickets],
     )
+
+
+def keyed_reservation(
+    secret: bytes, key: str, event_id: uuid.UUID, body: ReservationCreate
+) -> tuple[IdempotencyRequest, str]:
+    """A reservation request made with an Idempotency-Key, and the token its hold gets: derived
+    from the key, never stored, so a replay derives it again. A replay renders the hold again,
+    with its status as it is now (it may have been paid, released or have expired since): a
+    retrying client must not pay for a dead hold."""
+    scope = f"POST /events/{{event_id}}/reservations {event_id}"
+    fingerprint = request_hash(body)
+    request = IdempotencyRequest(
+        key=key,
+        secret=secret,
+        scope=scope,
+        request_hash=fingerprint,
+        status_code=201,
+        render=lambda hold: created_from_hold(hold).model_dump(mode="json"),
+    )
+    return request, token_for_key(secret, key, scope, fingerprint)
