@@ -145,14 +145,18 @@ class OpsMiddleware:
         if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL_SECONDS:
             self._refusals_unlogged += 1
             return
-        more = self._refusals_unlogged
+        more, since = self._refusals_unlogged, now - self._refusal_logged_at
         self._refusal_logged_at, self._refusals_unlogged = now, 0
+        # The suffix says over how long the unlogged ones came: they are only counted when the
+        # next refusal is logged, which may be long after the last one.
         logger.warning(
             "refused %s %s: body over %d bytes%s",
             scope["method"],
             scope["path"],
             cap,
-            f" (and {more} more refusals since the last such line)" if more else "",
+            f" (and {more} more, not logged, in the {since:.0f} s since the last such line)"
+            if more
+            else "",
         )
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, cap: int) -> None:
