@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,7 +21,6 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from boxoffice import serving as serving_helpers
@@ -281,18 +279,3 @@ async def assert_invariants(engine: AsyncEngine, event_id: str | None = None) ->
         service_db(engine), event_id=uuid.UUID(event_id) if event_id else None
     )
     assert violations == [], "\n".join(str(v) for v in violations)
-
-
-async def wait_for_database_time(engine: AsyncEngine, moment: str | datetime) -> None:
-    """Block until the database clock (the only clock for holds) has passed `moment`."""
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)
-    async with engine.connect() as conn:
-        await conn.execute(
-            text("SELECT pg_sleep_until(CAST(:moment AS timestamptz) + interval '5 ms')"),
-            {"moment": moment},
-        )
-        passed = await conn.execute(
-            text("SELECT clock_timestamp() > CAST(:moment AS timestamptz)"), {"moment": moment}
-        )
-        assert passed.scalar() is True

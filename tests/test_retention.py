@@ -35,6 +35,7 @@ from tests.conftest import (
     service_db,
     ticket_ids,
 )
+from tests.support.expiry import move_expiry_into_the_past
 from tests.support.system import system_fixture
 
 HISTORY_TABLES = ("reservations", "reservation_tickets", "ticket_audit")
@@ -147,24 +148,9 @@ async def churn(
 
 
 async def lapse(engine: AsyncEngine, reservation_id: str) -> None:
-    """Let a hold's expiry pass now: its tickets' hold_expires_at moves with it (I2), and
-    created_at by the same amount (CHECK expires_at > created_at)."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                """
-                WITH moved AS (
-                    UPDATE reservations
-                    SET created_at = created_at - (expires_at - (now() - interval '1 second')),
-                        expires_at = now() - interval '1 second'
-                    WHERE id = :id RETURNING id, expires_at
-                )
-                UPDATE tickets t SET hold_expires_at = moved.expires_at
-                FROM moved WHERE t.reservation_id = moved.id AND t.status = 'reserved'
-                """
-            ),
-            {"id": uuid.UUID(reservation_id)},
-        )
+    """Let a hold's expiry pass now (its tickets' hold_expires_at moves with it)."""
+    moved, _ = await move_expiry_into_the_past(engine, reservation_id)
+    assert moved, f"hold {reservation_id} had already lapsed"
 
 
 async def age_ended_holds(engine: AsyncEngine, event_id: str, age: timedelta = AGE) -> None:
