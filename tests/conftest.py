@@ -175,15 +175,27 @@ class Served:
 
 @contextmanager
 def running_server(
-    database_url: str, log_path: Path, *, workers: int = 2, **env: str
+    database_url: str,
+    log_path: Path,
+    *,
+    workers: int = 2,
+    log_level: str = "warning",
+    **env: str,
 ) -> Iterator[str]:
     """`boxoffice serve` in a subprocess, exactly as a user starts it; yields its base URL."""
-    with serving(database_url, log_path, workers=workers, **env) as served:
+    with serving(database_url, log_path, workers=workers, log_level=log_level, **env) as served:
         yield served.url
 
 
 @contextmanager
-def serving(database_url: str, log_path: Path, *, workers: int = 2, **env: str) -> Iterator[Served]:
+def serving(
+    database_url: str,
+    log_path: Path,
+    *,
+    workers: int = 2,
+    log_level: str = "warning",
+    **env: str,
+) -> Iterator[Served]:
     """`running_server`, also handing out the `serve` process (the workers' parent)."""
     server = ServeProcess(
         env={
@@ -196,6 +208,7 @@ def serving(database_url: str, log_path: Path, *, workers: int = 2, **env: str) 
         log_path=log_path,
         log_mode="w",
         workers=workers,
+        log_level=log_level,
         # The tests signal the process themselves (to the `serve` process, or its group).
         new_session=False,
     )

@@ -2,33 +2,26 @@
 challenge) without one, 403 for another; and a wrong token leaves no trace in any log."""
 
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from boxoffice.config import Settings
 from boxoffice.main import create_app
-from tests.conftest import ADMIN, ADMIN_TOKEN, SERVER_SECRET, free_port, wait_until_ready
+from tests.conftest import (
+    ADMIN,
+    ADMIN_TOKEN,
+    SERVER_SECRET,
+    running_server,
+)
+from tests.support.problems import assert_problem
 
 PATH = "/admin/session"
 # Long enough for the page's form (minlength 16), and unmistakable in a log.
 WRONG_TOKEN = "wrong-admin-token-" + "q7Zx" * 6
-
-
-def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["type"].endswith("/" + slug), body
-    assert body["status"] == status and body["detail"]
-    return body
 
 
 async def test_the_admin_token_signs_in(client: httpx.AsyncClient) -> None:
@@ -80,29 +73,8 @@ async def test_a_wrong_token_is_in_no_log_record(caplog: pytest.LogCaptureFixtur
 @contextmanager
 def verbose_server(database_url: str, log: Path) -> Iterator[str]:
     """`boxoffice serve` as a user starts it, but logging at DEBUG (access log included)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "ADMIN_TOKEN": ADMIN_TOKEN,
-        "SERVER_SECRET": SERVER_SECRET,
-        "SWEEP_INTERVAL_SECONDS": "0",
-    }
-    command = [sys.executable, "-m", "boxoffice.cli", "serve", "--port", str(port)]
-    command += ["--workers", "1", "--log-level", "debug"]
-    with log.open("w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url, process, log)
+    with running_server(database_url, log, workers=1, log_level="debug") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.system

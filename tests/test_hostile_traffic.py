@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -28,11 +26,9 @@ import pytest
 from boxoffice.logs import escape_controls
 from tests.conftest import (
     ADMIN,
-    ADMIN_TOKEN,
     Served,
-    free_port,
+    running_server,
     serving,
-    wait_until_ready,
 )
 from tests.support.system import system_fixture
 
@@ -567,29 +563,8 @@ async def test_megabyte_bodies_in_a_loop_stall_nobody(guarded: Server) -> None:
 @contextmanager
 def serving_with_access_log(database_url: str, log_path: Path, **env: str) -> Iterator[str]:
     """`boxoffice serve` at --log-level info (uvicorn's access log on), one worker."""
-    port = free_port()
-    environment = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "ADMIN_TOKEN": ADMIN_TOKEN,
-        "SWEEP_INTERVAL_SECONDS": "0",
-        **env,
-    }
-    command = [sys.executable, "-m", "boxoffice.cli", "serve", "--port", str(port)]
-    command += ["--workers", "1", "--log-level", "info"]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(base_url, process, log_path)
-        yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_server(database_url, log_path, workers=1, log_level="info", **env) as url:
+        yield url
 
 
 FORGED = "boxoffice: forged"
