@@ -141,9 +141,13 @@ class Database:
 
     async def _start(self) -> None:
         # min_size=0: setting the pool up opens no connection; done once, by the first caller.
-        if self._started is None:
-            self._started = asyncio.ensure_future(self._set_up())
-        await asyncio.shield(self._started)
+        started = self._started
+        if started is not None and started.done() and not started.cancelled():
+            started.result()  # set up (or raise why not): the common case, nothing to await
+            return
+        if started is None:
+            started = self._started = asyncio.ensure_future(self._set_up())
+        await asyncio.shield(started)
 
     async def _set_up(self) -> None:
         await self._pool
