@@ -73,6 +73,10 @@ class Settings(BaseSettings):
 
     # `text` (uvicorn's usual lines) or `json` (one object per line, with the request id).
     log_format: Literal["text", "json"] = "text"
+    # FastAPI's own OpenTelemetry spans, metrics and logs, when an OpenTelemetry SDK is set up
+    # in the process (opentelemetry-instrument, say). Off, no request asks OpenTelemetry
+    # whether it is: a measurable share of a reservation's CPU, for a feature we do not ship.
+    otel_enabled: bool = False
     # Larger request bodies are refused with 413 before they are parsed.
     max_body_bytes: int = Field(default=1_048_576, ge=1)
 

@@ -33,8 +33,15 @@ async def bearer_token(
     return credentials.credentials if credentials is not None else None
 
 
-async def holder_token(token: Annotated[str | None, Depends(bearer_token)]) -> str:
-    """The reservation token from `Authorization: Bearer …`; tokens never travel in URLs."""
+async def holder_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The reservation token from `Authorization: Bearer …`; tokens never travel in URLs.
+
+    Reads the scheme itself rather than through `bearer_token`: every level of dependency
+    is resolved again on every request, and this one is on the buyer's path.
+    """
+    token = credentials.credentials if credentials is not None else None
     if not token:
         raise Unauthorized("send the reservation's token as `Authorization: Bearer <token>`")
     return token

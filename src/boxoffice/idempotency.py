@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, Header
+from fastapi import Header
 from pydantic import BaseModel
 from sqlalchemy import CheckConstraint, DateTime, Index, Integer, LargeBinary, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
@@ -93,27 +93,24 @@ def request_hash(body: BaseModel, *extra: str) -> bytes:
     return digest.digest()
 
 
-async def idempotency_key(
-    key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=MIN_KEY_LENGTH,
-            max_length=MAX_KEY_LENGTH,
-            pattern=KEY_PATTERN,
-            description="Optional: a random UUID, or 22-200 base64url characters (at least 128"
-            " random bits: whoever knows the key and the body can replay the answer). Retrying"
-            " with the same key and body replays the first answer (header"
-            " `Idempotent-Replayed: true`) for 24 hours; the same key with another body is a"
-            " 422. Refusals (4xx) are not stored, so they may be retried with the same key.",
-        ),
-    ] = None,
-) -> str | None:
-    # Length and characters are checked by the Header declaration (a 422 like any bad field).
-    return key
-
-
-IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
+# The optional Idempotency-Key header, declared once for every route that takes one: a
+# plain header parameter (`idempotency_key: IdempotencyKey = None`), not a dependency, which
+# FastAPI would resolve separately on every request. Length and characters are checked here
+# (a 422 like any bad field).
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=MIN_KEY_LENGTH,
+        max_length=MAX_KEY_LENGTH,
+        pattern=KEY_PATTERN,
+        description="Optional: a random UUID, or 22-200 base64url characters (at least 128"
+        " random bits: whoever knows the key and the body can replay the answer). Retrying"
+        " with the same key and body replays the first answer (header"
+        " `Idempotent-Replayed: true`) for 24 hours; the same key with another body is a"
+        " 422. Refusals (4xx) are not stored, so they may be retried with the same key.",
+    ),
+]
 
 # Claim the key, or take over one that expired. On conflict with a row still being written,
 # PostgreSQL waits for that transaction; DO UPDATE ... WHERE then re-checks the committed row.

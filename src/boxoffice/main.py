@@ -116,18 +116,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # /docs is served from the package's own assets (boxoffice.docs), never a CDN.
         docs_url=None,
         redoc_url=None,
+        telemetry=None
+        if settings.otel_enabled
+        else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     install_docs(app)
     install_error_handlers(app)
     install_problem_schema(app)
     app.add_middleware(OpsMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.include_router(ops_router)
-    app.include_router(events_router)
-    app.include_router(live_router)
-    app.include_router(tickets_router)
-    app.include_router(demo_router)
+    # Requests are matched against the routers in this order (each router's regexes twice,
+    # in FastAPI's routing): the buyer's hot paths first. No two routers share a path.
     app.include_router(reservations_router)
+    app.include_router(events_router)
+    app.include_router(tickets_router)
+    app.include_router(live_router)
+    app.include_router(ops_router)
+    app.include_router(demo_router)
     app.include_router(admin_router)
     install_web(app)
 

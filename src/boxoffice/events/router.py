@@ -4,7 +4,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 
 from boxoffice.credentials import server_secret
-from boxoffice.dependencies import AppSettings, Db, page_size, require_admin
+from boxoffice.dependencies import Db, page_size, require_admin
 from boxoffice.events import service
 from boxoffice.events.records import EventWithSections
 from boxoffice.events.schemas import EventCreate, EventDetail, EventOut, EventPage, SectionOut
@@ -40,10 +40,10 @@ def _detail_from(found: EventWithSections) -> EventDetail:
 async def create_event(
     body: EventCreate,
     db: Db,
-    settings: AppSettings,
     response: Response,
-    idempotency_key: IdempotencyKey,
+    idempotency_key: IdempotencyKey = None,
 ) -> EventDetail:
+    settings = db.settings
     idempotency = None
     if idempotency_key is not None:
         idempotency = IdempotencyRequest(
@@ -72,11 +72,11 @@ async def create_event(
 )
 async def list_events(
     db: Db,
-    settings: AppSettings,
     limit: Annotated[int, Query(ge=1)] = 50,
     after: uuid.UUID | None = None,
     upcoming: Annotated[bool, Query(description="Only events that have not started yet.")] = False,
 ) -> EventPage:
+    settings = db.settings
     rows, next_after = await service.list_events(
         db, limit=page_size(limit, settings), after=after, upcoming=upcoming
     )

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from boxoffice import metrics
 from boxoffice.db import Database
-from boxoffice.dependencies import AppSettings, Db, require_metrics_token
+from boxoffice.dependencies import Db, require_metrics_token
 from boxoffice.problems import problem_responses, unavailable
 
 logger = logging.getLogger("boxoffice")
@@ -40,7 +40,8 @@ async def healthz() -> dict[str, str]:
         **problem_responses(503, descriptions={503: "The database does not answer."}),
     },
 )
-async def readyz(db: Db, settings: AppSettings) -> JSONResponse:
+async def readyz(db: Db) -> JSONResponse:
+    settings = db.settings
     try:
         async with asyncio.timeout(settings.pool_timeout_seconds):
             await db.fetchval("SELECT 1")

@@ -5,7 +5,7 @@ from fastapi import APIRouter, Response
 from boxoffice.config import Settings
 from boxoffice.credentials import server_secret
 from boxoffice.db import Database
-from boxoffice.dependencies import AppSettings, Db, HolderToken
+from boxoffice.dependencies import Db, HolderToken
 from boxoffice.errors import InvalidRequest
 from boxoffice.idempotency import IdempotencyKey, IdempotencyRequest, request_hash
 from boxoffice.problems import problem_responses
@@ -61,10 +61,10 @@ async def reserve(
     event_id: uuid.UUID,
     body: ReservationCreate,
     db: Db,
-    settings: AppSettings,
     response: Response,
-    idempotency_key: IdempotencyKey,
+    idempotency_key: IdempotencyKey = None,
 ) -> ReservationCreated:
+    settings = db.settings
     idempotency = None
     token = None
     if idempotency_key is not None:
@@ -127,10 +127,10 @@ async def confirm(
     reservation_id: uuid.UUID,
     body: ConfirmRequest,
     db: Db,
-    settings: AppSettings,
     token: HolderToken,
-    idempotency_key: IdempotencyKey,
+    idempotency_key: IdempotencyKey = None,
 ) -> BookingOut:
+    settings = db.settings
     idempotency = None
     if idempotency_key is not None:
         idempotency = IdempotencyRequest(

@@ -4,7 +4,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Response
 
-from boxoffice.dependencies import AppSettings, Db, page_size
+from boxoffice.dependencies import Db, page_size
 from boxoffice.problems import problem_responses
 from boxoffice.tickets import service
 from boxoffice.tickets.models import TicketStatus
@@ -30,12 +30,12 @@ TicketCursor = Annotated[int | None, Query(ge=1, le=2**63 - 1)]
 async def list_event_tickets(
     event_id: uuid.UUID,
     db: Db,
-    settings: AppSettings,
     status: TicketStatus | None = None,
     section: Annotated[str | None, Query(min_length=1, max_length=60)] = None,
     limit: Annotated[int, Query(ge=1)] = 100,
     after: TicketCursor = None,
 ) -> TicketPage:
+    settings = db.settings
     currency, rows, next_after = await service.list_event_tickets(
         db,
         event_id=event_id,
@@ -59,11 +59,11 @@ async def list_event_tickets(
 )
 async def list_tickets(
     db: Db,
-    settings: AppSettings,
     response: Response,
     limit: Annotated[int, Query(ge=1)] = 100,
     after: TicketCursor = None,
 ) -> DemoTicketList:
+    settings = db.settings
     rows, next_after = await service.list_all_tickets(
         db, limit=page_size(limit, settings), after=after
     )

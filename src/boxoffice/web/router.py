@@ -39,9 +39,9 @@ async def shop_page(
     request: Request,
     event_id: str,
     db: Db,
-    settings: AppSettings,
     section: str | None = None,
 ) -> Response:
+    settings = db.settings
     event_uuid = _uuid(event_id)
     if event_uuid is None:
         return not_found(request)
