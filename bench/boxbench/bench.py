@@ -269,6 +269,7 @@ class Bench:
         variables: dict[str, str],
         capacity: int | None,
         label: str,
+        rate: float | None = None,
     ) -> PgbenchResult:
         assert self.pgbench is not None
         await self.make_room(clients)
@@ -283,6 +284,7 @@ class Bench:
             variables,
             capacity,
             self.cpu_since,
+            rate,
         )
         if aborted:
             self.report.notes.append(

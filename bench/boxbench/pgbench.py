@@ -148,8 +148,10 @@ async def run_pgbench(
     variables: dict[str, str],
     capacity: int | None,
     cpu_since: CpuSince,
+    rate: float | None = None,
 ) -> tuple[PgbenchResult, str | None]:
-    """pgbench -M prepared at `clients`; the result, and why some clients aborted (if so)."""
+    """pgbench -M prepared at `clients` (throttled to `rate` transactions a second, if given);
+    the result, and why some clients aborted (if so)."""
     script = workdir / f"pgbench-{uuid.uuid4().hex[:8]}.sql"
     script.write_text(script_text)
     token_hash = hashlib.sha256(b"bench-pgbench").hexdigest()
@@ -164,6 +166,8 @@ async def run_pgbench(
     command = [str(pgbench), "-n", "-M", "prepared", "-r"]
     command += ["-c", str(clients), "-j", str(lanes_for(clients))]
     command += ["-T", str(max(1, round(duration))), "-f", str(script)]
+    if rate is not None:
+        command += ["-R", f"{rate:.0f}"]
     for name, value in fixed.items():
         command += ["-D", f"{name}={value}"]
     command.append(database_url)
