@@ -92,6 +92,37 @@ class ReservationNotActive(Conflict):
     title = "Reservation is not active"
 
 
+class SalesClosed(Conflict):
+    """Outside the event's sales window (not open yet, ended, or the event has started)."""
+
+    slug = "sales-closed"
+    title = "Sales are closed"
+
+
+class CustomerLimitReached(Conflict):
+    slug = "customer-limit-reached"
+    title = "Ticket limit per customer reached"
+
+
+class QueuePassRequired(Forbidden):
+    """A queued event sells only to buyers the waiting room admitted, with their pass."""
+
+    slug = "queue-pass-required"
+    title = "A queue pass is required"
+
+
+class TooManyRequests(BoxofficeError):
+    """The client exceeded a rate limit; `retry_after` seconds until it may try again."""
+
+    status = 429
+    slug = "too-many-requests"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int, **extensions: Any) -> None:
+        super().__init__(detail, **extensions)
+        self.retry_after = retry_after
+
+
 class PayloadTooLarge(BoxofficeError):
     """The request body is larger than MAX_BODY_BYTES; refused before it is parsed."""
 

@@ -16,7 +16,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
 from boxoffice.db import DATABASE_ERRORS, LOCK_NOT_AVAILABLE, Failure, classify, sqlstate
-from boxoffice.errors import BoxofficeError, IdempotentReplay, ServiceUnavailable
+from boxoffice.errors import (
+    BoxofficeError,
+    IdempotentReplay,
+    ServiceUnavailable,
+    TooManyRequests,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +90,19 @@ class Problem(BaseModel):
     booking_id: str | SkipJsonSchema[None] = Field(
         default=None, description="`reservation-not-active` when confirmed: its booking."
     )
+    sales_start_at: str | SkipJsonSchema[None] = Field(
+        default=None, description="`sales-closed`: when sales open (null: since creation)."
+    )
+    sales_end_at: str | SkipJsonSchema[None] = Field(
+        default=None, description="`sales-closed`: when sales end."
+    )
+    limit: int | SkipJsonSchema[None] = Field(
+        default=None, description="`customer-limit-reached`: the event's cap per customer."
+    )
+    holding: int | SkipJsonSchema[None] = Field(
+        default=None,
+        description="`customer-limit-reached`: tickets this customer holds or bought already.",
+    )
 
 
 PROBLEM_SCHEMA_REF = "#/components/schemas/Problem"
@@ -94,6 +112,8 @@ _PROBLEM_DESCRIPTIONS = {
     403: "The token is not the admin token (`forbidden`).",
     404: "Not found.",
     409: "Conflict.",
+    429: "Too many requests from this client (`too-many-requests`); retry after "
+    "`Retry-After` seconds.",
     413: "The request body is larger than MAX_BODY_BYTES (`payload-too-large`).",
     422: "The request is not valid: `invalid-request` (with `errors` when a field is wrong), "
     "or a more specific type.",
@@ -103,6 +123,7 @@ _PROBLEM_DESCRIPTIONS = {
 
 _PROBLEM_HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}},
     503: {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}},
 }
 
@@ -173,6 +194,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if sqlstate(exc.__context__) == LOCK_NOT_AVAILABLE:
             _count_lock_timeout()
         headers = {"Retry-After": "1"} if exc.status == 503 else None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(exc.retry_after)}
         if exc.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
         return problem(exc.status, exc.slug, exc.title, exc.detail, headers, **exc.extensions)

@@ -92,12 +92,16 @@ class OriginalDemoSeed:
 
 
 async def _create_original_demo(conn: asyncpg.Connection, *, hold_seconds: int) -> int:
+    # The demo's events are dated January 2026 and its clients still reserve their tickets
+    # (DESIGN.md's compatibility contract): their sales never end, which the API refuses to
+    # any other event (a started event is not sold).
     created = 0
     for event in ORIGINAL_DEMO_EVENTS:
         await conn.execute(
             """
-            INSERT INTO events (id, name, starts_at, hold_seconds, currency, kind, ticket_count)
-            VALUES ($1, $2, $3, $4, 'EUR', 'general_admission', $5)
+            INSERT INTO events (id, name, starts_at, hold_seconds, currency, kind, ticket_count,
+                                sales_end_at)
+            VALUES ($1, $2, $3, $4, 'EUR', 'general_admission', $5, 'infinity')
             ON CONFLICT (id) DO NOTHING
             """,
             event.id,

@@ -16,6 +16,14 @@ class Event(Base):
         CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso"),
         CheckConstraint("ticket_count >= 0", name="ticket_count_positive"),
         CheckConstraint("kind IN ('seated', 'general_admission')", name="kind_known"),
+        CheckConstraint(
+            "sales_start_at IS NULL OR sales_start_at < coalesce(sales_end_at, starts_at)",
+            name="sales_window_ordered",
+        ),
+        CheckConstraint(
+            "max_tickets_per_customer IS NULL OR max_tickets_per_customer > 0",
+            name="max_tickets_per_customer_positive",
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(
@@ -29,3 +37,8 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(Text)
     ticket_count: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # On sale from sales_start_at (NULL: from creation) until sales_end_at (NULL: starts_at).
+    sales_start_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sales_end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Active holds and bookings of one customer together (NULL: no cap).
+    max_tickets_per_customer: Mapped[int | None] = mapped_column(Integer)

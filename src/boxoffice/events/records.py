@@ -22,6 +22,10 @@ class EventRow:
     available: int
     reserved: int
     booked: int
+    sales_start_at: datetime | None
+    sales_end_at: datetime
+    on_sale: bool
+    max_tickets_per_customer: int | None
 
     @classmethod
     def of(cls, record: Any) -> Self:

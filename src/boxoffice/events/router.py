@@ -7,7 +7,14 @@ from boxoffice.credentials import server_secret
 from boxoffice.dependencies import Db, page_size, require_admin
 from boxoffice.events import service
 from boxoffice.events.records import EventWithSections
-from boxoffice.events.schemas import EventCreate, EventDetail, EventOut, EventPage, SectionOut
+from boxoffice.events.schemas import (
+    EventCreate,
+    EventDetail,
+    EventOut,
+    EventPage,
+    EventUpdate,
+    SectionOut,
+)
 from boxoffice.idempotency import IdempotencyKey, IdempotencyRequest, request_hash
 from boxoffice.problems import problem_responses
 
@@ -90,3 +97,15 @@ async def list_events(
 )
 async def get_event(event_id: uuid.UUID, db: Db) -> EventDetail:
     return await _detail(db, event_id)
+
+
+@router.patch(
+    "/events/{event_id}",
+    dependencies=[Depends(require_admin)],
+    summary="Change an event's on-sale controls (admin)",
+    description="Sales window and cap per customer. Members left out keep their value; "
+    "null clears one (sales open at once, end at `starts_at`, no cap).",
+    responses=problem_responses(401, 403, 404, 413, 422, 503, descriptions=_NO_EVENT),
+)
+async def update_event(event_id: uuid.UUID, body: EventUpdate, db: Db) -> EventDetail:
+    return _detail_from(await service.update_sale_settings(db, event_id=event_id, changes=body))

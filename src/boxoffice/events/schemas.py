@@ -14,20 +14,58 @@ Price = Annotated[int, Field(strict=True, ge=0, le=100_000_000, description="Min
 def _iso_text(value: Any) -> Any:
     # Lax mode would read a number as seconds since 1970: the schema promises a string.
     if not isinstance(value, str | datetime):
-        raise ValueError("starts_at must be an ISO 8601 date-time, e.g. 2027-06-01T20:00:00Z")
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2027-06-01T20:00:00Z")
     return value
 
 
 def _aware(value: datetime) -> datetime:
     if value.tzinfo is None:
-        raise ValueError("starts_at needs a timezone, e.g. 2027-06-01T20:00:00Z")
+        raise ValueError("needs a timezone, e.g. 2027-06-01T20:00:00Z")
     try:
         utc = value.astimezone(UTC)
     except OverflowError:
-        raise ValueError("starts_at is out of range") from None
+        raise ValueError("is out of range") from None
     if not 1970 <= utc.year <= 9999:
-        raise ValueError("starts_at must be between 1970 and 9999")
+        raise ValueError("must be between 1970 and 9999")
     return value
+
+
+Moment = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_aware)]
+# Holds and bookings of one customer together; more than any hold may take is allowed.
+CustomerCap = Annotated[int, Field(strict=True, ge=1, le=100_000)]
+
+
+class SaleSettings(BaseModel):
+    """The on-sale controls an organiser sets on create and may change later."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sales_start_at: Moment | None = Field(
+        default=None,
+        description="When sales open; omitted or null: at once.",
+        examples=["2027-03-01T10:00:00Z"],
+    )
+    sales_end_at: Moment | None = Field(
+        default=None,
+        description="When sales end, at the latest `starts_at`; omitted or null: `starts_at`.",
+    )
+    max_tickets_per_customer: CustomerCap | None = Field(
+        default=None,
+        description="Most tickets one customer (compared trimmed and case-insensitively) may "
+        "hold and have bought together; null: no cap.",
+        examples=[4],
+    )
+
+
+def check_sales_window(
+    starts_at: datetime, sales_start_at: datetime | None, sales_end_at: datetime | None
+) -> None:
+    """Sales end by the start, and open before they end (ValueError otherwise)."""
+    end = sales_end_at or starts_at
+    if end > starts_at:
+        raise ValueError("sales_end_at must not be after starts_at: a started event is not sold")
+    if sales_start_at is not None and sales_start_at >= end:
+        raise ValueError("sales_start_at must be before the end of sales")
 
 
 class SectionIn(BaseModel):
@@ -46,14 +84,12 @@ class GeneralAdmissionIn(BaseModel):
     price: Price
 
 
-class EventCreate(BaseModel):
+class EventCreate(SaleSettings):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200, examples=["Midsummer Night Concert"])
     venue: str | None = Field(default=None, max_length=200, examples=["Open Air Stage"])
-    starts_at: Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_aware)] = Field(
-        examples=["2027-06-21T19:30:00Z"]
-    )
+    starts_at: Moment = Field(examples=["2027-06-21T19:30:00Z"])
     hold_seconds: int | None = Field(
         default=None,
         strict=True,
@@ -73,6 +109,7 @@ class EventCreate(BaseModel):
             names = [section.name for section in self.sections]
             if len(set(names)) != len(names):
                 raise ValueError("section names must be unique within an event")
+        check_sales_window(self.starts_at, self.sales_start_at, self.sales_end_at)
         return self
 
     @property
@@ -81,6 +118,17 @@ class EventCreate(BaseModel):
             return self.general_admission.quantity
         assert self.sections is not None
         return sum(section.rows * section.seats_per_row for section in self.sections)
+
+
+class EventUpdate(SaleSettings):
+    """The on-sale controls to change; members left out keep their value, null clears one."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"sales_start_at": "2027-03-01T10:00:00Z", "max_tickets_per_customer": 4}]
+        },
+    )
 
 
 class StatusCounts(BaseModel):
@@ -106,6 +154,10 @@ class EventOut(BaseModel):
     ticket_count: int
     counts: StatusCounts
     created_at: datetime
+    sales_start_at: datetime | None = Field(description="When sales open; null: since creation.")
+    sales_end_at: datetime = Field(description="When sales end.")
+    on_sale: bool = Field(description="Whether the sales window is open now (database clock).")
+    max_tickets_per_customer: int | None
 
     @classmethod
     def from_row(cls, row: EventRow) -> "EventOut":
@@ -120,6 +172,10 @@ class EventOut(BaseModel):
             ticket_count=row.ticket_count,
             counts=StatusCounts(available=row.available, reserved=row.reserved, booked=row.booked),
             created_at=row.created_at,
+            sales_start_at=row.sales_start_at,
+            sales_end_at=row.sales_end_at,
+            on_sale=row.on_sale,
+            max_tickets_per_customer=row.max_tickets_per_customer,
         )
 
 

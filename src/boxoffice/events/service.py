@@ -7,7 +7,7 @@ import asyncpg
 from boxoffice.db import Database
 from boxoffice.errors import EventNotFound, InvalidRequest
 from boxoffice.events.records import EventRow, EventWithSections, SectionRow
-from boxoffice.events.schemas import EventCreate
+from boxoffice.events.schemas import EventCreate, EventUpdate, check_sales_window
 from boxoffice.idempotency import IdempotencyRequest, claim, finish
 
 
@@ -39,15 +39,20 @@ SELECT $1, n - 1, 'GA ' || n, $2 FROM generate_series(1, $3) AS n
 """
 _LONG_STATEMENTS = "SET LOCAL statement_timeout = '120s'"
 _INSERT_EVENT = """
-INSERT INTO events (name, venue, starts_at, hold_seconds, currency, kind, ticket_count)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO events (name, venue, starts_at, hold_seconds, currency, kind, ticket_count,
+                    sales_start_at, sales_end_at, max_tickets_per_customer)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 RETURNING id
 """
 
 # An event with its tickets counted by status as buyers see them now.
 _EVENT = """
 SELECT e.id, e.name, e.venue, e.starts_at, e.hold_seconds, e.currency, e.kind,
-       e.ticket_count, e.created_at, c.available, c.reserved, c.booked
+       e.ticket_count, e.created_at, c.available, c.reserved, c.booked,
+       e.sales_start_at, coalesce(e.sales_end_at, e.starts_at) AS sales_end_at,
+       now() >= coalesce(e.sales_start_at, '-infinity')
+       AND now() < coalesce(e.sales_end_at, e.starts_at) AS on_sale,
+       e.max_tickets_per_customer
 FROM events e
 CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE ticket_is_free(t.status, t.hold_expires_at)) AS available,
@@ -72,7 +77,11 @@ ORDER BY first_position
 # the first page), $2 only those that have not started by the database clock, $3 page size.
 _EVENT_PAGE = """
 SELECT e.id, e.name, e.venue, e.starts_at, e.hold_seconds, e.currency, e.kind,
-       e.ticket_count, e.created_at, c.available, c.reserved, c.booked
+       e.ticket_count, e.created_at, c.available, c.reserved, c.booked,
+       e.sales_start_at, coalesce(e.sales_end_at, e.starts_at) AS sales_end_at,
+       now() >= coalesce(e.sales_start_at, '-infinity')
+       AND now() < coalesce(e.sales_end_at, e.starts_at) AS on_sale,
+       e.max_tickets_per_customer
 FROM events e
 CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE ticket_is_free(t.status, t.hold_expires_at)) AS available,
@@ -114,6 +123,9 @@ async def create_event(
             event.currency,
             "seated" if event.sections else "general_admission",
             event.ticket_count,
+            event.sales_start_at,
+            event.sales_end_at,
+            event.max_tickets_per_customer,
         )
         if event.general_admission is not None:
             await conn.execute(
@@ -138,6 +150,46 @@ async def create_event(
             # The answer is the new event as this transaction sees it: the key commits with it.
             await finish(conn, idempotency, await _event_on(conn, event_id))
     return event_id
+
+
+# The event's on-sale controls, locked: two edits of one event apply one after the other.
+_SALE_SETTINGS = """
+SELECT starts_at, sales_start_at, sales_end_at, max_tickets_per_customer
+FROM events WHERE id = $1
+FOR UPDATE
+"""
+_UPDATE_SALE_SETTINGS = """
+UPDATE events SET sales_start_at = $2, sales_end_at = $3, max_tickets_per_customer = $4
+WHERE id = $1
+"""
+
+
+async def update_sale_settings(
+    db: Database, *, event_id: uuid.UUID, changes: EventUpdate
+) -> EventWithSections:
+    """Change the members `changes` names (null clears one); the others keep their value.
+
+    A lower cap does not take back what customers hold or bought already: it refuses their
+    next holds until they are under it."""
+    async with db.transaction() as conn:
+        current = await conn.fetchrow(_SALE_SETTINGS, event_id)
+        if current is None:
+            raise EventNotFound(f"no event {event_id}")
+        merged = {**dict(current), **changes.model_dump(exclude_unset=True)}
+        try:
+            check_sales_window(
+                merged["starts_at"], merged["sales_start_at"], merged["sales_end_at"]
+            )
+        except ValueError as wrong:
+            raise InvalidRequest(str(wrong)) from None
+        await conn.execute(
+            _UPDATE_SALE_SETTINGS,
+            event_id,
+            merged["sales_start_at"],
+            merged["sales_end_at"],
+            merged["max_tickets_per_customer"],
+        )
+        return await _event_on(conn, event_id)
 
 
 async def get_event(db: Database, *, event_id: uuid.UUID) -> EventWithSections:

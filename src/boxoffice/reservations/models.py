@@ -5,6 +5,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Computed,
     DateTime,
     Enum,
     ForeignKey,
@@ -45,6 +46,13 @@ class Reservation(Base):
             "expires_at",
             postgresql_where=text("status = 'active'"),
         ),
+        # A customer's live holds and bookings of an event, counted against its cap.
+        Index(
+            "ix_reservations_event_customer_key",
+            "event_id",
+            "customer_key",
+            postgresql_where=text("status IN ('active', 'confirmed')"),
+        ),
         # The retention sweep takes the oldest unsold ended holds (boxoffice.retention).
         Index(
             "ix_reservations_unsold_ended_at",
@@ -60,6 +68,10 @@ class Reservation(Base):
         UUID(as_uuid=True), ForeignKey("events.id", ondelete="CASCADE")
     )
     customer: Mapped[str] = mapped_column(Text)
+    # The customer as the per-customer cap compares them: trimmed, lower-cased.
+    customer_key: Mapped[str] = mapped_column(
+        Text, Computed("lower(btrim(customer))", persisted=True)
+    )
     token_hash: Mapped[bytes] = mapped_column(LargeBinary)
     status: Mapped[ReservationStatus] = mapped_column(
         Enum(

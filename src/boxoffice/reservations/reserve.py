@@ -16,10 +16,13 @@ import asyncpg
 
 from boxoffice.db import Database
 from boxoffice.errors import (
+    Conflict,
+    CustomerLimitReached,
     EventNotFound,
     IdempotencyKeyReused,
     IdempotentReplay,
     InvalidRequest,
+    SalesClosed,
     TicketsUnavailable,
     UnknownSection,
     UnknownTickets,
@@ -84,7 +87,16 @@ _LOCK_BEST_INCLUDING_EXPIRED = """
     FOR UPDATE SKIP LOCKED
 """
 # Holding what `locked` holds, in the order PostgreSQL needs it:
-#   verdict        all or nothing: every ticket there and free.
+#   sale           the event: is it on sale now (its sales window, never once it started),
+#                  its hold length, its cap per customer.
+#   seats          all or nothing: every ticket there and free.
+#   allowance      a capped event only, and only when the seats are there: the customer's
+#                  tickets held or bought so far, counted under a lock on (event, customer)
+#                  that lasts until this statement commits, so the customer's racing holds
+#                  take turns and each counts the ones before it (lock_customer_and_count,
+#                  migration 0009). It comes after the seats: the lock order is tickets (in
+#                  id order), then the customer.
+#   verdict        seats free, on sale, within the cap.
 #   claim          a keyed request claims its key, after its tickets: a concurrent retry
 #                  with the same key waits for the first attempt to commit, then claims
 #                  nothing. A refusal claims nothing either, so it may be retried with the
@@ -92,10 +104,24 @@ _LOCK_BEST_INCLUDING_EXPIRED = """
 #   new_reservation, held, links, audit
 #                  the hold itself, only with a verdict (and a claimed key, when keyed); each
 #                  audit row records a hold that expired under its ticket too.
-# The answer is the locked tickets and, if it was made, the reservation.
+# The answer is the locked tickets and, if it was made, the reservation, with what the
+# verdict was made of (so a refusal can say why without asking again).
 _HOLD_LOCKED = f"""
-verdict AS (
-    SELECT count(*) = $3 AND coalesce(bool_and(available), false) AS ok FROM locked
+sale AS (
+    SELECT e.hold_seconds, e.currency, e.max_tickets_per_customer AS cap,
+           now() >= coalesce(e.sales_start_at, '-infinity')
+           AND now() < coalesce(e.sales_end_at, e.starts_at) AS open
+    FROM events e WHERE e.id = $1
+), seats AS (
+    SELECT count(*) = $3 AND coalesce(bool_and(available), false) AS free FROM locked
+), allowance AS (
+    SELECT CASE WHEN sale.cap IS NOT NULL AND sale.open AND seats.free
+                THEN lock_customer_and_count($1, lower(btrim($4))) END AS holding
+    FROM sale, seats
+), verdict AS (
+    SELECT seats.free AND sale.open
+           AND (sale.cap IS NULL OR allowance.holding + $3 <= sale.cap) AS ok
+    FROM sale, seats, allowance
 ), hold AS (
     SELECT gen_random_uuid() AS id
 ), claim AS (
@@ -111,9 +137,9 @@ verdict AS (
     RETURNING true AS claimed
 ), new_reservation AS (
     INSERT INTO reservations (id, event_id, customer, token_hash, ticket_count, expires_at)
-    SELECT hold.id, e.id, $4, $5, $3, now() + make_interval(secs => e.hold_seconds)
-    FROM events e, verdict, hold
-    WHERE e.id = $1 AND verdict.ok AND ($6::text IS NULL OR EXISTS (SELECT FROM claim))
+    SELECT hold.id, $1, $4, $5, $3, now() + make_interval(secs => sale.hold_seconds)
+    FROM sale, verdict, hold
+    WHERE verdict.ok AND ($6::text IS NULL OR EXISTS (SELECT FROM claim))
     RETURNING id, created_at, expires_at
 ), held AS (
     UPDATE tickets t
@@ -141,9 +167,9 @@ verdict AS (
     ORDER BY id, step
 )
 SELECT l.id, l.label, l.section, l.row_label, l.seat, l.price_minor, l.available,
-       r.id AS reservation_id, r.created_at, r.expires_at,
-       (SELECT currency FROM events WHERE id = $1) AS currency
-FROM locked l LEFT JOIN new_reservation r ON true
+       r.id AS reservation_id, r.created_at, r.expires_at, sale.currency,
+       sale.open AS sales_open, sale.cap, allowance.holding
+FROM locked l CROSS JOIN sale CROSS JOIN allowance LEFT JOIN new_reservation r ON true
 ORDER BY l.id
 """
 
@@ -152,7 +178,13 @@ RESERVE_BEST = f"WITH locked AS ({_LOCK_BEST}), {_HOLD_LOCKED}"
 RESERVE_BEST_IN_SECTION = f"WITH locked AS ({_LOCK_BEST_IN_SECTION}), {_HOLD_LOCKED}"
 RESERVE_BEST_INCLUDING_EXPIRED = f"WITH locked AS ({_LOCK_BEST_INCLUDING_EXPIRED}), {_HOLD_LOCKED}"
 
-_EVENT_EXISTS = "SELECT 1 FROM events WHERE id = $1"
+# Why an event is not on sale, for a refusal's answer.
+_SALES_WINDOW = """
+SELECT sales_start_at, coalesce(sales_end_at, starts_at) AS sales_end_at,
+       now() >= coalesce(sales_start_at, '-infinity')
+       AND now() < coalesce(sales_end_at, starts_at) AS open
+FROM events WHERE id = $1
+"""
 _SECTION_EXISTS = "SELECT 1 FROM tickets WHERE event_id = $1 AND section = $2 LIMIT 1"
 
 # A keyed hold as it is now, for a replay: the first answer again, with today's status.
@@ -233,22 +265,24 @@ async def reserve_tickets(
             rows = await conn.fetch(
                 RESERVE_CHOSEN, event_id, ids, len(ids), customer, token_hash, *keyed
             )
-        except asyncpg.LockNotAvailableError:
+        except asyncpg.LockNotAvailableError as busy:
             await _replay_if_keyed(conn, idempotency, token)
+            _refuse_if_customer_busy(busy)
             raise TicketsUnavailable(
                 "another buyer is reserving some of these tickets right now", ticket_ids=ids
             ) from None
         if rows and rows[0]["reservation_id"] is not None:
             return _hold_from(rows, event_id=event_id, customer=customer, token=token)
         await _replay_if_keyed(conn, idempotency, token)
-        if not rows and not await conn.fetchval(_EVENT_EXISTS, event_id):
-            raise EventNotFound(f"no event {event_id}")
+        await _refuse_unless_on_sale(conn, event_id, rows)
         if len(rows) != len(ids):
             unknown = sorted(set(ids) - {row["id"] for row in rows})
             raise UnknownTickets(
                 f"{len(unknown)} ticket(s) are not tickets of this event", ticket_ids=unknown
             )
         taken = [row["id"] for row in rows if not row["available"]]
+        if not taken:
+            _refuse_over_cap(rows, len(ids))
         raise TicketsUnavailable(
             f"{len(taken)} of the requested tickets are already held or sold", ticket_ids=taken
         )
@@ -274,8 +308,9 @@ async def reserve_best_available(
                 rows = await conn.fetch(
                     statement, event_id, section, quantity, customer, token_hash, *keyed
                 )
-            except asyncpg.LockNotAvailableError:
+            except asyncpg.LockNotAvailableError as busy:
                 await _replay_if_keyed(conn, idempotency, token)
+                _refuse_if_customer_busy(busy)
                 # SKIP LOCKED still waits when it follows a row another buyer just changed;
                 # past the lock timeout the seats are contended, not gone: a clean 409.
                 raise TicketsUnavailable(
@@ -285,10 +320,11 @@ async def reserve_best_available(
             if rows and rows[0]["reservation_id"] is not None:
                 return _hold_from(rows, event_id=event_id, customer=customer, token=token)
             if len(rows) == quantity:
-                break  # enough free seats, yet no hold: the key was used already
+                break  # enough free seats, yet no hold: not on sale, the cap, or a used key
         await _replay_if_keyed(conn, idempotency, token)
-        if not await conn.fetchval(_EVENT_EXISTS, event_id):
-            raise EventNotFound(f"no event {event_id}")
+        await _refuse_unless_on_sale(conn, event_id, rows)
+        if len(rows) == quantity:
+            _refuse_over_cap(rows, quantity)
         if section is not None and not await conn.fetchval(_SECTION_EXISTS, event_id, section):
             raise UnknownSection(f"the event has no section {section!r}")
     in_section = f" in section {section!r}" if section is not None else ""
@@ -297,6 +333,49 @@ async def reserve_best_available(
         requested=quantity,
         free=len(rows),
     )
+
+
+async def _refuse_unless_on_sale(
+    conn: asyncpg.Connection, event_id: uuid.UUID, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """404 for no such event, 409 `sales-closed` outside its sales window. The hold's own
+    answer says whether it was on sale; only a refusal to explain costs a query."""
+    if rows and rows[0]["sales_open"]:
+        return
+    window = await conn.fetchrow(_SALES_WINDOW, event_id)
+    if window is None:
+        raise EventNotFound(f"no event {event_id}")
+    if window["open"]:
+        return  # it opened since (or no tickets matched): the other checks say why
+    start, end = window["sales_start_at"], window["sales_end_at"]
+    not_yet = start is not None and await conn.fetchval("SELECT now() < $1", start)
+    raise SalesClosed(
+        f"sales open at {start.isoformat()}" if not_yet else "sales for this event have ended",
+        sales_start_at=start.isoformat() if start is not None else None,
+        sales_end_at=end.isoformat(),
+    )
+
+
+def _refuse_over_cap(rows: Sequence[Mapping[str, Any]], wanted: int) -> None:
+    """409 `customer-limit-reached` when the hold was refused for the customer's cap."""
+    first = rows[0]
+    cap, holding = first["cap"], first["holding"]
+    if cap is not None and holding is not None and holding + wanted > cap:
+        raise CustomerLimitReached(
+            f"at most {cap} tickets per customer for this event; this customer holds or "
+            f"bought {holding} already",
+            limit=cap,
+            holding=holding,
+        )
+
+
+def _refuse_if_customer_busy(error: asyncpg.LockNotAvailableError) -> None:
+    """A lock timeout on the customer's own lock (not on a seat): another hold of the same
+    customer is being made at this very moment. A 409 `conflict`: retry when it is done."""
+    if "lock_customer_and_count" in (getattr(error, "context", None) or ""):
+        raise Conflict(
+            "another hold for this customer is being made right now; try again"
+        ) from None
 
 
 async def _replay_if_keyed(

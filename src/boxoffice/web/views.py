@@ -137,6 +137,10 @@ class EventCard:
     reserved: int
     booked: int
     currency: Currency
+    on_sale: bool
+    sales_start_at: datetime | None
+    sales_start_text: str | None
+    max_tickets_per_customer: int | None
 
     @property
     def seated(self) -> bool:
@@ -144,7 +148,19 @@ class EventCard:
 
     @property
     def sold_out(self) -> bool:
-        return self.available == 0
+        """Nothing free and nothing that may come back: every ticket is sold."""
+        return self.available == 0 and self.reserved == 0
+
+    @property
+    def all_on_hold(self) -> bool:
+        """Nothing free now, but some tickets are only held: they may come back."""
+        return self.available == 0 and self.reserved > 0
+
+    @property
+    def not_on_sale_yet(self) -> bool:
+        # For the words on the page only; whether a hold is taken is the database's call.
+        start = self.sales_start_at
+        return not self.on_sale and start is not None and start > datetime.now(UTC)
 
     @property
     def hold_text(self) -> str:
@@ -168,4 +184,8 @@ def event_card(row: EventRow) -> EventCard:
         reserved=row.reserved,
         booked=row.booked,
         currency=currency(row.currency),
+        on_sale=row.on_sale,
+        sales_start_at=row.sales_start_at,
+        sales_start_text=when(row.sales_start_at) if row.sales_start_at is not None else None,
+        max_tickets_per_customer=row.max_tickets_per_customer,
     )

@@ -62,6 +62,18 @@ export function renderCounts(state, root, seats) {
     state.available.toLocaleString("en-US");
   const meter = document.getElementById("ga-meter");
   if (meter) meter.value = state.available;
+  // Nothing free is not "sold out" while some tickets are only held: say they may come back.
+  const heldNote = document.getElementById("held-note");
+  if (heldNote) {
+    let held = 0;
+    if (state.available === 0) {
+      state.statusOf.forEach((status) => {
+        if (status === "reserved") held += 1;
+      });
+    }
+    heldNote.hidden = held === 0;
+    heldNote.textContent = held ? `${held.toLocaleString("en-US")} on hold — may come back` : "";
+  }
   const free = new Map();
   seats.forEach((seat) => {
     const available = state.seatStatus.get(seat.id) === "available" ? 1 : 0;
