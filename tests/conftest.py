@@ -35,6 +35,8 @@ ADMIN_TOKEN = "test-admin-" + secrets.token_urlsafe(16)
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # The live servers' server secret, so tests can find a key's stored hash.
 SERVER_SECRET = "test-server-secret-" + secrets.token_urlsafe(24)
+# Every per-client rate limit off (boxoffice.ratelimit: 0 turns a scope's limit off).
+RATE_LIMITS_OFF = {"RATE_LIMIT_RESERVATIONS_PER_MINUTE": "0", "RATE_LIMIT_QUEUE_PER_MINUTE": "0"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -203,6 +205,9 @@ def serving(
             "ADMIN_TOKEN": ADMIN_TOKEN,
             "SERVER_SECRET": SERVER_SECRET,
             "SWEEP_INTERVAL_SECONDS": "0",
+            # Rate limits off: the tests send thousands of requests from 127.0.0.1. Tests of
+            # the limits (tests/test_rate_limits.py) set their own through `env`.
+            **RATE_LIMITS_OFF,
             **env,
         },
         log_path=log_path,

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from boxoffice.serving import ServeProcess, free_port
-from tests.conftest import Databases, embedded_data_dir
+from tests.conftest import RATE_LIMITS_OFF, Databases, embedded_data_dir
 from tests.support.system import system_fixture
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -53,6 +53,9 @@ def user_environment(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DATABASE_SETTINGS}
     env.pop("ADMIN_TOKEN", None)
     env["DATA_DIR"] = str(data_dir)
+    # Rate limits off: these tests send the demo's ten reservations from one address three
+    # times in a few seconds, more than the default bucket (10 at once, 30 a minute) allows.
+    env.update(RATE_LIMITS_OFF)
     return env
 
 

@@ -123,7 +123,13 @@ def test_an_external_server_set_up_as_the_readme_says(
     asyncio.run(execute_sql(owner_url, sql))
     service_url = with_user(owner_url, role)
     try:
-        with serving(service_url, tmp_path / "serve.log", MIGRATE_DATABASE_URL=owner_url) as served:
+        # A rate limit on, so the reservation also writes its client's bucket as the role.
+        with serving(
+            service_url,
+            tmp_path / "serve.log",
+            MIGRATE_DATABASE_URL=owner_url,
+            RATE_LIMIT_RESERVATIONS_PER_MINUTE="30",
+        ) as served:
             # `serve` migrated as the owner (the role could not have) and seeded the demo.
             reserve_demo_ticket(served.url)
             assert_least_privilege(owner_url, service_url, role)

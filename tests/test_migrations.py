@@ -42,6 +42,9 @@ TABLES = {
     "ticket_audit",
     "idempotency_keys",
     "ticket_changes",
+    "rate_buckets",
+    "queue_entries",
+    "queue_state",
 }
 ENUMS = {"ticket_status", "reservation_status"}
 CHECK_VIOLATION = "23514"

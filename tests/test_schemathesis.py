@@ -79,6 +79,22 @@ CONFIG = schemathesis.Config.from_dict(
                 "enabled": False,
             },
             {
+                # A waiting buyer's stream lasts until the place is admitted; its answers and
+                # messages are tested in test_queue_http.py.
+                "include-path": "/events/{event_id}/queue/{place_id}/stream",
+                "enabled": False,
+            },
+            {
+                # A wrong place token is answered like an unknown place, 404, by design.
+                "include-path-regex": "^/events/[^/]+/queue/",
+                "checks": {"ignored_auth": {"enabled": False}},
+            },
+            {
+                # Leaving a place ends it, it does not delete it: its holder can still read it.
+                "include-path": "/events/{event_id}/queue/{place_id}",
+                "checks": {"use_after_free": {"enabled": False}},
+            },
+            {
                 # A wrong reservation token is answered like an unknown reservation, 404, by
                 # design (a stranger learns nothing), where this check expects 401/403. No token
                 # is still a documented 401, and test_api checks that a wrong token on a real
@@ -117,6 +133,8 @@ class Real:
     events: dict[str, list[int]] = field(default_factory=dict)  # event id -> its ticket ids
     holds: list[Hold] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)  # reservation id -> its token
+    queued: str = ""  # an event with a waiting room
+    places: list[Hold] = field(default_factory=list)  # its places, with their tokens
 
     def add(self, hold: Hold) -> None:
         self.holds.append(hold)
@@ -178,7 +196,28 @@ def real(live_server: str) -> Iterator[Real]:
                 "sections": [{"name": "Main", "rows": 1, "seats_per_row": 10, "price": 100}],
             },
         )
-        real.events = {seated: seats, standing: places, brief: brief_seats}
+        queued, queued_seats = _event(
+            client,
+            {
+                "name": "Fuzz waiting room",
+                "starts_at": "2031-01-04T20:00:00Z",
+                "sections": [{"name": "Main", "rows": 2, "seats_per_row": 10, "price": 100}],
+                "queue_enabled": True,
+                "queue_admit_per_minute": 6000,
+                "max_tickets_per_customer": 4,
+            },
+        )
+        real.events = {
+            seated: seats,
+            standing: places,
+            brief: brief_seats,
+            queued: queued_seats,
+        }
+        real.queued = queued
+        for n in range(4):
+            joined = client.post(f"/events/{queued}/queue", json={"customer": f"queue{n}"})
+            assert joined.status_code == 201, joined.text
+            real.places.append(Hold(joined.json()["id"], joined.json()["token"]))
         # Active holds, for the holder's reads, confirms and releases to find.
         for n in range(6):
             real.add(
@@ -255,6 +294,16 @@ def retarget(case: schemathesis.Case[Any], real: Real) -> bool:
         ):
             ticket_ids = [tickets[i % len(tickets)] for i in body["ticket_ids"]]
             case.body = {**body, "ticket_ids": ticket_ids}
+    place_id = path.get("place_id")
+    if _is_uuid(place_id) and _pick(place_id, 4) != 0:
+        place = real.places[_pick(place_id[::-1], len(real.places))]
+        path["event_id"], path["place_id"] = real.queued, place.id
+        case.path_parameters = path
+        headers = dict(case.headers or {})
+        if headers.get("Authorization") == ADMIN_BEARER:
+            headers["Authorization"] = f"Bearer {place.token}"
+            case.headers = cast(Any, headers)
+        return False
     reservation_id = path.get("reservation_id")
     if not _is_uuid(reservation_id):
         return False

@@ -10,6 +10,10 @@ from boxoffice.serving import SERVE_PROGRAM, ServeProcess, free_port, log_tail
 
 from .common import PROJECT_DIR
 
+# Every client of a benchmark is 127.0.0.1: per-client rate limits (boxoffice.ratelimit) would
+# measure the limiter's 429s, not the service. A run that wants them passes its own to start().
+RATE_LIMITS_OFF = {"RATE_LIMIT_RESERVATIONS_PER_MINUTE": "0", "RATE_LIMIT_QUEUE_PER_MINUTE": "0"}
+
 
 class Server:
     def __init__(
@@ -43,7 +47,7 @@ class Server:
 
     async def start(self, **env: str) -> None:
         """Start it and wait for /readyz (ServeFailed, a RuntimeError, with its log if not)."""
-        self.env = {"SWEEP_INTERVAL_SECONDS": "0", **env}
+        self.env = {"SWEEP_INTERVAL_SECONDS": "0", **RATE_LIMITS_OFF, **env}
         self._serve = ServeProcess(
             env={
                 "DATABASE_URL": self.database_url,

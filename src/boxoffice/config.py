@@ -93,6 +93,17 @@ class Settings(BaseSettings):
     # are closed first, and a worker whose connections are all busy answers 503.
     max_connections_per_worker: int = Field(default=4096, ge=16)
 
+    # Per-client rate limits (boxoffice.ratelimit; docs/operations.md, "Rate limits"): a
+    # token bucket per client address and scope, kept in PostgreSQL, so all workers and hosts
+    # share it. PER_MINUTE refills the bucket, BURST is its size (requests a client may send at
+    # once). Beyond, 429 with Retry-After. 0 in either turns that scope's limit off.
+    # Reservations: POST /events/{id}/reservations and the demo's PATCH /tickets/reserve.
+    rate_limit_reservations_per_minute: int = Field(default=30, ge=0, le=1_000_000)
+    rate_limit_reservations_burst: int = Field(default=10, ge=0, le=1_000_000)
+    # The waiting room's endpoints (boxoffice.queue).
+    rate_limit_queue_per_minute: int = Field(default=60, ge=0, le=1_000_000)
+    rate_limit_queue_burst: int = Field(default=20, ge=0, le=1_000_000)
+
     # Live streams (GET /events/{id}/stream; docs/operations.md, "Live streams"). Beyond a
     # cap a stream is refused: 503 when the worker has MAX_STREAMS_PER_WORKER open, 429 when
     # the client (its address as uvicorn reports it) has MAX_STREAMS_PER_CLIENT open.
@@ -101,6 +112,14 @@ class Settings(BaseSettings):
     # Snapshots are read on a pool of their own, so streams never take the connections buyers
     # and the sweeper need (per worker, on top of POOL_SIZE).
     stream_snapshot_connections: int = Field(default=2, ge=1)
+
+    # The waiting room (boxoffice.queue; docs/operations.md, "Waiting room"). How long an
+    # admitted buyer's pass is good for, unless the event sets its own queue_pass_seconds.
+    queue_pass_seconds: int = Field(default=600, ge=60, le=86_400)
+    # How often the admitter (one at a time across workers) draws the pre-queue and admits.
+    queue_admit_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    # A queue stream sends a comment this often when nothing happens, so proxies keep it.
+    queue_heartbeat_seconds: float = Field(default=15.0, gt=0)
 
     @model_validator(mode="after")
     def _url_from_postgres_vars(self) -> "Settings":

@@ -10,8 +10,9 @@
    `expired` as soon as its time is up.
 3. The sweeper tidies up after the fact, every SWEEP_INTERVAL_SECONDS in every worker: it
    flips expired tickets back to `available`, marks their reservations `expired`, and, on
-   the way, deletes idempotency keys past their 24 hours and unsold holds past
-   HISTORY_RETENTION_HOURS (boxoffice.retention). SKIP LOCKED everywhere: a hold someone is
+   the way, deletes idempotency keys past their 24 hours, unsold holds past
+   HISTORY_RETENTION_HOURS (boxoffice.retention) and rate-limit buckets that are full again
+   (boxoffice.ratelimit). SKIP LOCKED everywhere: a hold someone is
    confirming, releasing or re-taking right now is theirs to settle, so the sweeper never
    waits, never slows a buyer, and any number of sweepers free a given hold at most once.
    `boxoffice sweep` runs one pass by hand.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from boxoffice.config import Settings
 from boxoffice.db import Database
 from boxoffice.idempotency import DELETE_EXPIRED_KEYS
+from boxoffice.ratelimit import prune_idle_buckets
 from boxoffice.retention import prune_history
 
 logger = logging.getLogger("boxoffice")
@@ -76,11 +78,13 @@ class SweepResult:
 
 async def free_expired_holds(db: Database, *, batch_size: int) -> SweepResult:
     """One batch of each: free tickets of expired holds, mark those holds expired, delete
-    idempotency keys past their 24 hours and unsold holds past the history retention."""
+    idempotency keys past their 24 hours, unsold holds past the history retention and idle
+    rate-limit buckets."""
     tickets_freed = await db.fetchval(FREE_EXPIRED_TICKETS, batch_size)
     reservations_expired = await db.fetchval(MARK_EXPIRED_RESERVATIONS, batch_size)
     await db.execute(DELETE_EXPIRED_KEYS, batch_size)
     await prune_history(db, batch_size=batch_size)
+    await prune_idle_buckets(db, batch_size=batch_size)
     return SweepResult(int(tickets_freed), int(reservations_expired))
 
 

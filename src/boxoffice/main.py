@@ -28,6 +28,9 @@ from boxoffice.logs import configure_logging
 from boxoffice.middleware import OpsMiddleware
 from boxoffice.ops.router import router as ops_router
 from boxoffice.problems import install_error_handlers, install_problem_schema
+from boxoffice.queue.admitter import Admitter
+from boxoffice.queue.feed import QueueFeed
+from boxoffice.queue.router import router as queue_router
 from boxoffice.reservations.router import router as reservations_router
 from boxoffice.supervision import watch_parent
 from boxoffice.tickets.router import router as tickets_router
@@ -90,13 +93,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         feed = TicketFeed(settings.database_url)
         app.state.ticket_feed = feed
         relay = ChangeRelay(settings.database_url)
+        queue_feed = QueueFeed(settings.database_url)
+        app.state.queue_feed = queue_feed
+        admitter = Admitter(settings)
+        app.state.admitter = admitter
         feed.start()
         relay.start()
+        queue_feed.start()
+        admitter.start()
         _end_streams_on_stop_signal(feed)
         watch_parent()  # a worker of `serve --workers N` stops when its parent is gone
         try:
             yield
         finally:
+            await admitter.stop()
+            await queue_feed.stop()
             await relay.stop()
             await feed.stop()
             for task in tasks:
@@ -131,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events_router)
     app.include_router(tickets_router)
     app.include_router(live_router)
+    app.include_router(queue_router)
     app.include_router(ops_router)
     app.include_router(demo_router)
     app.include_router(admin_router)

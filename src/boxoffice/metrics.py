@@ -38,12 +38,22 @@ LATENCY = Histogram(
 )
 RESERVATIONS = Counter(
     "boxoffice_reservations_total",
-    "Reservation outcomes: won (hold made), refused (409), confirmed (paid), expired (swept)",
+    "Reservation outcomes: won (hold made), refused (409), no_pass (403, a queued event "
+    "without a valid pass), confirmed (paid), expired (swept)",
     ["outcome"],
 )
 LOCK_TIMEOUTS = Counter(
     "boxoffice_lock_timeouts_total",
     "Requests that gave up on a row lock held by another request (SQLSTATE 55P03)",
+)
+RATE_LIMITED = Counter(
+    "boxoffice_rate_limited_total",
+    "Requests refused with 429 by a per-client rate limit (RATE_LIMIT_*), by scope",
+    ["scope"],
+)
+QUEUE_JOINS = Counter("boxoffice_queue_joins_total", "Places taken in the events' waiting rooms")
+QUEUE_ADMITTED = Counter(
+    "boxoffice_queue_admitted_total", "Waiting-room places admitted (passes handed out)"
 )
 POOL_CHECKED_OUT = Gauge(
     "boxoffice_db_pool_checked_out",
@@ -87,7 +97,7 @@ HISTORY_PRUNED = Counter(
 
 # The routes whose answers are reservation outcomes: (method, template) → {status: outcome}.
 _OUTCOMES: dict[tuple[str, str], dict[int, str]] = {
-    ("POST", "/events/{event_id}/reservations"): {201: "won", 409: "refused"},
+    ("POST", "/events/{event_id}/reservations"): {201: "won", 403: "no_pass", 409: "refused"},
     ("PATCH", "/tickets/reserve"): {200: "won", 409: "refused"},
     ("POST", "/reservations/{reservation_id}/confirm"): {200: "confirmed"},
 }

@@ -4,6 +4,8 @@ from boxoffice.database import Base
 from boxoffice.events.models import Event
 from boxoffice.idempotency import IdempotencyKeyRow
 from boxoffice.live.models import TicketChange
+from boxoffice.queue.models import QueueEntry, QueueState
+from boxoffice.ratelimit import RateBucket
 from boxoffice.reservations.models import Booking, Reservation, ReservationStatus, ReservationTicket
 from boxoffice.tickets.models import Ticket, TicketAudit, TicketStatus
 
@@ -12,6 +14,9 @@ __all__ = [
     "Booking",
     "Event",
     "IdempotencyKeyRow",
+    "QueueEntry",
+    "QueueState",
+    "RateBucket",
     "Reservation",
     "ReservationStatus",
     "ReservationTicket",

@@ -4,11 +4,12 @@ It reserves through the same hot path as `POST /events/{id}/reservations`; it li
 so that the tickets domain (reads) does not depend on the reservations domain (changes).
 """
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from boxoffice.dependencies import Db
 from boxoffice.errors import BoxofficeError
 from boxoffice.problems import problem_responses
+from boxoffice.ratelimit import reservations_rate_limit
 from boxoffice.reservations.reserve import reserve_tickets
 from boxoffice.tickets import service as tickets
 from boxoffice.tickets.models import TicketStatus
@@ -17,7 +18,11 @@ from boxoffice.tickets.schemas import SeedReserveRequest, SeedReserveResponse
 router = APIRouter(tags=["tickets"])
 
 # What the original demo's clients print for a refusal (its own words, near enough).
-_REFUSAL_MESSAGES = {404: "No such ticket.", 409: "Ticket not available."}
+_REFUSAL_MESSAGES = {
+    404: "No such ticket.",
+    409: "Ticket not available.",
+    429: "Too many requests. Try again later.",
+}
 
 
 @router.patch(
@@ -30,6 +35,7 @@ _REFUSAL_MESSAGES = {404: "No such ticket.", 409: "Ticket not available."}
         409,
         413,
         422,
+        429,
         503,
         descriptions={
             404: "No such ticket (`not-found`).",
@@ -37,8 +43,10 @@ _REFUSAL_MESSAGES = {404: "No such ticket.", 409: "Ticket not available."}
         },
     ),
 )
-async def reserve_ticket(body: SeedReserveRequest, db: Db) -> SeedReserveResponse:
+async def reserve_ticket(body: SeedReserveRequest, db: Db, request: Request) -> SeedReserveResponse:
     try:
+        # In the handler rather than as a dependency, so that a 429 carries a `message` too.
+        await reservations_rate_limit(request)
         ticket = await tickets.find_ticket(db, ticket=body.ticket_id)
         hold = await reserve_tickets(
             db, event_id=ticket.event_id, ticket_ids=[ticket.id], customer=str(body.user_id)

@@ -1,7 +1,7 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, Integer, String, Text, func, text
+from sqlalchemy import Boolean, CheckConstraint, DateTime, Integer, String, Text, false, func, text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -24,6 +24,16 @@ class Event(Base):
             "max_tickets_per_customer IS NULL OR max_tickets_per_customer > 0",
             name="max_tickets_per_customer_positive",
         ),
+        CheckConstraint(
+            "NOT queue_enabled OR queue_admit_per_minute IS NOT NULL"
+            " OR queue_max_shoppers IS NOT NULL",
+            name="queue_admits_somehow",
+        ),
+        CheckConstraint(
+            "coalesce(queue_admit_per_minute, 1) > 0 AND coalesce(queue_max_shoppers, 1) > 0"
+            " AND coalesce(queue_pass_seconds, 60) BETWEEN 60 AND 86400",
+            name="queue_settings_positive",
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(
@@ -42,3 +52,9 @@ class Event(Base):
     sales_end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Active holds and bookings of one customer together (NULL: no cap).
     max_tickets_per_customer: Mapped[int | None] = mapped_column(Integer)
+    # The waiting room (boxoffice.queue): admission at a rate per minute, or as many buyers
+    # shopping at once as the cap says (either or both), each pass good for so long.
+    queue_enabled: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    queue_admit_per_minute: Mapped[int | None] = mapped_column(Integer)
+    queue_max_shoppers: Mapped[int | None] = mapped_column(Integer)
+    queue_pass_seconds: Mapped[int | None] = mapped_column(Integer)

@@ -23,9 +23,13 @@ class EventRow:
     reserved: int
     booked: int
     sales_start_at: datetime | None
-    sales_end_at: datetime
+    sales_end_at: datetime | None  # None: never (the original demo's events only)
     on_sale: bool
     max_tickets_per_customer: int | None
+    queue_enabled: bool
+    queue_admit_per_minute: int | None
+    queue_max_shoppers: int | None
+    queue_pass_seconds: int | None
 
     @classmethod
     def of(cls, record: Any) -> Self:

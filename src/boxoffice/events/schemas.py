@@ -55,6 +55,45 @@ class SaleSettings(BaseModel):
         "hold and have bought together; null: no cap.",
         examples=[4],
     )
+    queue_enabled: bool = Field(
+        default=False,
+        strict=True,
+        description="Sell through a waiting room: reservations need a pass it hands out.",
+    )
+    queue_admit_per_minute: int | None = Field(
+        default=None,
+        strict=True,
+        ge=1,
+        le=1_000_000,
+        description="Waiting room: buyers admitted per minute (this, the cap on shoppers, or "
+        "both, when the waiting room is on).",
+        examples=[600],
+    )
+    queue_max_shoppers: int | None = Field(
+        default=None,
+        strict=True,
+        ge=1,
+        le=1_000_000,
+        description="Waiting room: most admitted buyers shopping at once (an unused pass "
+        "gives its place back when it expires; a hold counts while it lasts).",
+    )
+    queue_pass_seconds: int | None = Field(
+        default=None,
+        strict=True,
+        ge=60,
+        le=86_400,
+        description="Waiting room: how long a pass is good for; null: QUEUE_PASS_SECONDS.",
+    )
+
+
+def check_queue(
+    queue_enabled: bool, admit_per_minute: int | None, max_shoppers: int | None
+) -> None:
+    """A waiting room must admit somehow (ValueError otherwise)."""
+    if queue_enabled and admit_per_minute is None and max_shoppers is None:
+        raise ValueError(
+            "a waiting room needs queue_admit_per_minute or queue_max_shoppers (or both)"
+        )
 
 
 def check_sales_window(
@@ -110,6 +149,7 @@ class EventCreate(SaleSettings):
             if len(set(names)) != len(names):
                 raise ValueError("section names must be unique within an event")
         check_sales_window(self.starts_at, self.sales_start_at, self.sales_end_at)
+        check_queue(self.queue_enabled, self.queue_admit_per_minute, self.queue_max_shoppers)
         return self
 
     @property
@@ -155,9 +195,16 @@ class EventOut(BaseModel):
     counts: StatusCounts
     created_at: datetime
     sales_start_at: datetime | None = Field(description="When sales open; null: since creation.")
-    sales_end_at: datetime = Field(description="When sales end.")
+    sales_end_at: datetime | None = Field(
+        description="When sales end; null: never (only the original demo's two events, which "
+        "its clients still reserve)."
+    )
     on_sale: bool = Field(description="Whether the sales window is open now (database clock).")
     max_tickets_per_customer: int | None
+    queue_enabled: bool
+    queue_admit_per_minute: int | None
+    queue_max_shoppers: int | None
+    queue_pass_seconds: int | None
 
     @classmethod
     def from_row(cls, row: EventRow) -> "EventOut":
@@ -176,6 +223,10 @@ class EventOut(BaseModel):
             sales_end_at=row.sales_end_at,
             on_sale=row.on_sale,
             max_tickets_per_customer=row.max_tickets_per_customer,
+            queue_enabled=row.queue_enabled,
+            queue_admit_per_minute=row.queue_admit_per_minute,
+            queue_max_shoppers=row.queue_max_shoppers,
+            queue_pass_seconds=row.queue_pass_seconds,
         )
 
 

@@ -7,7 +7,7 @@ import asyncpg
 from boxoffice.db import Database
 from boxoffice.errors import EventNotFound, InvalidRequest
 from boxoffice.events.records import EventRow, EventWithSections, SectionRow
-from boxoffice.events.schemas import EventCreate, EventUpdate, check_sales_window
+from boxoffice.events.schemas import EventCreate, EventUpdate, check_queue, check_sales_window
 from boxoffice.idempotency import IdempotencyRequest, claim, finish
 
 
@@ -40,8 +40,10 @@ SELECT $1, n - 1, 'GA ' || n, $2 FROM generate_series(1, $3) AS n
 _LONG_STATEMENTS = "SET LOCAL statement_timeout = '120s'"
 _INSERT_EVENT = """
 INSERT INTO events (name, venue, starts_at, hold_seconds, currency, kind, ticket_count,
-                    sales_start_at, sales_end_at, max_tickets_per_customer)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                    sales_start_at, sales_end_at, max_tickets_per_customer,
+                    queue_enabled, queue_admit_per_minute, queue_max_shoppers,
+                    queue_pass_seconds)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 RETURNING id
 """
 
@@ -49,10 +51,11 @@ RETURNING id
 _EVENT = """
 SELECT e.id, e.name, e.venue, e.starts_at, e.hold_seconds, e.currency, e.kind,
        e.ticket_count, e.created_at, c.available, c.reserved, c.booked,
-       e.sales_start_at, coalesce(e.sales_end_at, e.starts_at) AS sales_end_at,
+       e.sales_start_at, nullif(coalesce(e.sales_end_at, e.starts_at), 'infinity') AS sales_end_at,
        now() >= coalesce(e.sales_start_at, '-infinity')
        AND now() < coalesce(e.sales_end_at, e.starts_at) AS on_sale,
-       e.max_tickets_per_customer
+       e.max_tickets_per_customer, e.queue_enabled, e.queue_admit_per_minute,
+       e.queue_max_shoppers, e.queue_pass_seconds
 FROM events e
 CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE ticket_is_free(t.status, t.hold_expires_at)) AS available,
@@ -78,10 +81,11 @@ ORDER BY first_position
 _EVENT_PAGE = """
 SELECT e.id, e.name, e.venue, e.starts_at, e.hold_seconds, e.currency, e.kind,
        e.ticket_count, e.created_at, c.available, c.reserved, c.booked,
-       e.sales_start_at, coalesce(e.sales_end_at, e.starts_at) AS sales_end_at,
+       e.sales_start_at, nullif(coalesce(e.sales_end_at, e.starts_at), 'infinity') AS sales_end_at,
        now() >= coalesce(e.sales_start_at, '-infinity')
        AND now() < coalesce(e.sales_end_at, e.starts_at) AS on_sale,
-       e.max_tickets_per_customer
+       e.max_tickets_per_customer, e.queue_enabled, e.queue_admit_per_minute,
+       e.queue_max_shoppers, e.queue_pass_seconds
 FROM events e
 CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE ticket_is_free(t.status, t.hold_expires_at)) AS available,
@@ -126,6 +130,10 @@ async def create_event(
             event.sales_start_at,
             event.sales_end_at,
             event.max_tickets_per_customer,
+            event.queue_enabled,
+            event.queue_admit_per_minute,
+            event.queue_max_shoppers,
+            event.queue_pass_seconds,
         )
         if event.general_admission is not None:
             await conn.execute(
@@ -154,12 +162,15 @@ async def create_event(
 
 # The event's on-sale controls, locked: two edits of one event apply one after the other.
 _SALE_SETTINGS = """
-SELECT starts_at, sales_start_at, sales_end_at, max_tickets_per_customer
+SELECT starts_at, sales_start_at, sales_end_at, max_tickets_per_customer, queue_enabled,
+       queue_admit_per_minute, queue_max_shoppers, queue_pass_seconds
 FROM events WHERE id = $1
 FOR UPDATE
 """
 _UPDATE_SALE_SETTINGS = """
-UPDATE events SET sales_start_at = $2, sales_end_at = $3, max_tickets_per_customer = $4
+UPDATE events SET sales_start_at = $2, sales_end_at = $3, max_tickets_per_customer = $4,
+                  queue_enabled = $5, queue_admit_per_minute = $6, queue_max_shoppers = $7,
+                  queue_pass_seconds = $8
 WHERE id = $1
 """
 
@@ -180,6 +191,11 @@ async def update_sale_settings(
             check_sales_window(
                 merged["starts_at"], merged["sales_start_at"], merged["sales_end_at"]
             )
+            check_queue(
+                merged["queue_enabled"],
+                merged["queue_admit_per_minute"],
+                merged["queue_max_shoppers"],
+            )
         except ValueError as wrong:
             raise InvalidRequest(str(wrong)) from None
         await conn.execute(
@@ -188,6 +204,10 @@ async def update_sale_settings(
             merged["sales_start_at"],
             merged["sales_end_at"],
             merged["max_tickets_per_customer"],
+            merged["queue_enabled"],
+            merged["queue_admit_per_minute"],
+            merged["queue_max_shoppers"],
+            merged["queue_pass_seconds"],
         )
         return await _event_on(conn, event_id)
 

@@ -28,6 +28,7 @@ from boxoffice.errors import (
     UnknownTickets,
 )
 from boxoffice.idempotency import KEY_TTL, IdempotencyRequest, key_hash, settled_answer
+from boxoffice.queue.service import explain_refused_pass
 from boxoffice.reservations.records import HeldTicket, Hold
 from boxoffice.reservations.tokens import token_pair
 
@@ -37,7 +38,7 @@ from boxoffice.reservations.tokens import token_pair
 # its kind runs. Parameters, the same in all four: $1 event id, $2 the chosen ticket ids (or
 # for best available, the section or NULL), $3 how many tickets, $4 customer, $5 the
 # token's hash, and for a keyed request $6 the key's scope (NULL without a key), $7 its
-# hash, $8 the request's hash.
+# hash, $8 the request's hash; $9 the queue pass (the waiting room's place, or NULL).
 #
 # FOR UPDATE in id order: overlapping multi-seat holds queue in one direction and can never
 # deadlock; a busy row fails after the session's lock_timeout (a 409), not a long queue.
@@ -96,19 +97,24 @@ _LOCK_BEST_INCLUDING_EXPIRED = """
 #                  take turns and each counts the ones before it (lock_customer_and_count,
 #                  migration 0009). It comes after the seats: the lock order is tickets (in
 #                  id order), then the customer.
-#   verdict        seats free, on sale, within the cap.
+#   queue_pass     a queued event only: the customer's admitted place in the waiting room,
+#                  its pass unexpired and unused, locked (after the seats) so that two holds
+#                  with one pass take turns and the second finds it used.
+#   verdict        seats free, on sale, within the cap, with a pass if the event is queued.
 #   claim          a keyed request claims its key, after its tickets: a concurrent retry
 #                  with the same key waits for the first attempt to commit, then claims
 #                  nothing. A refusal claims nothing either, so it may be retried with the
 #                  same key.
-#   new_reservation, held, links, audit
+#   new_reservation, held, links, audit, spent
 #                  the hold itself, only with a verdict (and a claimed key, when keyed); each
-#                  audit row records a hold that expired under its ticket too.
+#                  audit row records a hold that expired under its ticket too; the pass is
+#                  spent on the hold.
 # The answer is the locked tickets and, if it was made, the reservation, with what the
 # verdict was made of (so a refusal can say why without asking again).
 _HOLD_LOCKED = f"""
 sale AS (
     SELECT e.hold_seconds, e.currency, e.max_tickets_per_customer AS cap,
+           e.queue_enabled AS queued,
            now() >= coalesce(e.sales_start_at, '-infinity')
            AND now() < coalesce(e.sales_end_at, e.starts_at) AS open
     FROM events e WHERE e.id = $1
@@ -118,9 +124,15 @@ sale AS (
     SELECT CASE WHEN sale.cap IS NOT NULL AND sale.open AND seats.free
                 THEN lock_customer_and_count($1, lower(btrim($4))) END AS holding
     FROM sale, seats
+), queue_pass AS (
+    SELECT q.id FROM queue_entries q, seats
+    WHERE q.id = $9::uuid AND q.event_id = $1 AND q.customer_key = lower(btrim($4))
+      AND q.status = 'admitted' AND q.pass_expires_at > now() AND seats.free
+    FOR UPDATE OF q
 ), verdict AS (
     SELECT seats.free AND sale.open
-           AND (sale.cap IS NULL OR allowance.holding + $3 <= sale.cap) AS ok
+           AND (sale.cap IS NULL OR allowance.holding + $3 <= sale.cap)
+           AND (NOT sale.queued OR EXISTS (SELECT FROM queue_pass)) AS ok
     FROM sale, seats, allowance
 ), hold AS (
     SELECT gen_random_uuid() AS id
@@ -165,10 +177,15 @@ sale AS (
         FROM held
     ) changes
     ORDER BY id, step
+), spent AS (
+    UPDATE queue_entries q SET status = 'used', used_at = now(), reservation_id = r.id
+    FROM new_reservation r, sale
+    WHERE sale.queued AND q.id IN (SELECT id FROM queue_pass)
 )
 SELECT l.id, l.label, l.section, l.row_label, l.seat, l.price_minor, l.available,
        r.id AS reservation_id, r.created_at, r.expires_at, sale.currency,
-       sale.open AS sales_open, sale.cap, allowance.holding
+       sale.open AS sales_open, sale.cap, allowance.holding, sale.queued,
+       EXISTS (SELECT FROM queue_pass) AS pass_ok
 FROM locked l CROSS JOIN sale CROSS JOIN allowance LEFT JOIN new_reservation r ON true
 ORDER BY l.id
 """
@@ -180,7 +197,7 @@ RESERVE_BEST_INCLUDING_EXPIRED = f"WITH locked AS ({_LOCK_BEST_INCLUDING_EXPIRED
 
 # Why an event is not on sale, for a refusal's answer.
 _SALES_WINDOW = """
-SELECT sales_start_at, coalesce(sales_end_at, starts_at) AS sales_end_at,
+SELECT sales_start_at, nullif(coalesce(sales_end_at, starts_at), 'infinity') AS sales_end_at,
        now() >= coalesce(sales_start_at, '-infinity')
        AND now() < coalesce(sales_end_at, starts_at) AS open
 FROM events WHERE id = $1
@@ -255,15 +272,19 @@ async def reserve_tickets(
     customer: str,
     idempotency: IdempotencyRequest | None = None,
     token: str | None = None,
+    queue_pass: uuid.UUID | None = None,
 ) -> Hold:
-    """Hold exactly these tickets, all or none; 409 listing any that are taken."""
+    """Hold exactly these tickets, all or none; 409 listing any that are taken.
+
+    `queue_pass`: the waiting-room place whose pass this hold uses (a queued event needs
+    one; it is spent on the hold)."""
     ids = sorted(set(ticket_ids))
     token, token_hash = token_pair(token)
     keyed = _key_arguments(idempotency)
     async with db.connection() as conn:
         try:
             rows = await conn.fetch(
-                RESERVE_CHOSEN, event_id, ids, len(ids), customer, token_hash, *keyed
+                RESERVE_CHOSEN, event_id, ids, len(ids), customer, token_hash, *keyed, queue_pass
             )
         except asyncpg.LockNotAvailableError as busy:
             await _replay_if_keyed(conn, idempotency, token)
@@ -282,6 +303,7 @@ async def reserve_tickets(
             )
         taken = [row["id"] for row in rows if not row["available"]]
         if not taken:
+            await _refuse_without_pass(conn, event_id, rows, queue_pass, customer)
             _refuse_over_cap(rows, len(ids))
         raise TicketsUnavailable(
             f"{len(taken)} of the requested tickets are already held or sold", ticket_ids=taken
@@ -297,8 +319,10 @@ async def reserve_best_available(
     customer: str,
     idempotency: IdempotencyRequest | None = None,
     token: str | None = None,
+    queue_pass: uuid.UUID | None = None,
 ) -> Hold:
-    """Hold the best `quantity` free tickets (seat order), all or none."""
+    """Hold the best `quantity` free tickets (seat order), all or none (`queue_pass`: as
+    for `reserve_tickets`)."""
     token, token_hash = token_pair(token)
     keyed = _key_arguments(idempotency)
     first = RESERVE_BEST if section is None else RESERVE_BEST_IN_SECTION
@@ -306,7 +330,14 @@ async def reserve_best_available(
         for statement in (first, RESERVE_BEST_INCLUDING_EXPIRED):
             try:
                 rows = await conn.fetch(
-                    statement, event_id, section, quantity, customer, token_hash, *keyed
+                    statement,
+                    event_id,
+                    section,
+                    quantity,
+                    customer,
+                    token_hash,
+                    *keyed,
+                    queue_pass,
                 )
             except asyncpg.LockNotAvailableError as busy:
                 await _replay_if_keyed(conn, idempotency, token)
@@ -324,6 +355,7 @@ async def reserve_best_available(
         await _replay_if_keyed(conn, idempotency, token)
         await _refuse_unless_on_sale(conn, event_id, rows)
         if len(rows) == quantity:
+            await _refuse_without_pass(conn, event_id, rows, queue_pass, customer)
             _refuse_over_cap(rows, quantity)
         if section is not None and not await conn.fetchval(_SECTION_EXISTS, event_id, section):
             raise UnknownSection(f"the event has no section {section!r}")
@@ -352,8 +384,24 @@ async def _refuse_unless_on_sale(
     raise SalesClosed(
         f"sales open at {start.isoformat()}" if not_yet else "sales for this event have ended",
         sales_start_at=start.isoformat() if start is not None else None,
-        sales_end_at=end.isoformat(),
+        sales_end_at=end.isoformat() if end is not None else None,
     )
+
+
+async def _refuse_without_pass(
+    conn: asyncpg.Connection,
+    event_id: uuid.UUID,
+    rows: Sequence[Mapping[str, Any]],
+    queue_pass: uuid.UUID | None,
+    customer: str,
+) -> None:
+    """403 `queue-pass-required` when a queued event's hold had no valid pass. Call it only
+    when every seat was there and free: the pass is checked, and locked, only then."""
+    first = rows[0]
+    if first["queued"] and not first["pass_ok"]:
+        raise await explain_refused_pass(
+            conn, event_id=event_id, place_id=queue_pass, customer=customer
+        )
 
 
 def _refuse_over_cap(rows: Sequence[Mapping[str, Any]], wanted: int) -> None:

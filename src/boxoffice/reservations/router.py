@@ -1,6 +1,6 @@
 import uuid
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
 from boxoffice.config import Settings
 from boxoffice.credentials import server_secret
@@ -9,6 +9,8 @@ from boxoffice.dependencies import Db, HolderToken
 from boxoffice.errors import InvalidRequest
 from boxoffice.idempotency import IdempotencyKey, IdempotencyRequest, request_hash
 from boxoffice.problems import problem_responses
+from boxoffice.queue.service import pass_of
+from boxoffice.ratelimit import reservations_rate_limit
 from boxoffice.reservations import holder
 from boxoffice.reservations.records import Hold
 from boxoffice.reservations.reserve import (
@@ -43,15 +45,22 @@ _HOLDER = {
     "/events/{event_id}/reservations",
     status_code=201,
     summary="Hold tickets: chosen ones, or a quantity of best available",
+    dependencies=[Depends(reservations_rate_limit)],
     responses=problem_responses(
+        403,
         404,
         409,
         413,
         422,
+        429,
         503,
         descriptions={
+            403: "The event sells through its waiting room and this request has no valid "
+            "pass for this customer (`queue-pass-required`, saying why).",
             404: "No such event (`event-not-found`).",
-            409: "Some tickets are held or sold (`tickets-unavailable`, listing them).",
+            409: "Some tickets are held or sold (`tickets-unavailable`, listing them), the "
+            "event is not on sale (`sales-closed`), or the customer would pass the event's "
+            "cap (`customer-limit-reached`).",
             422: "The request is not valid (`invalid-request`), names tickets of another "
             "event (`unknown-tickets`) or a section the event lacks (`unknown-section`).",
         },
@@ -83,6 +92,7 @@ async def _reserve(
     idempotency: IdempotencyRequest | None,
     token: str | None,
 ) -> Hold:
+    queue_pass = pass_of(server_secret(settings), body.queue_pass)
     if body.ticket_ids is not None:
         validate_ticket_ids(body.ticket_ids, settings.max_tickets_per_hold)
         return await reserve_tickets(
@@ -92,6 +102,7 @@ async def _reserve(
             customer=body.customer,
             idempotency=idempotency,
             token=token,
+            queue_pass=queue_pass,
         )
     else:
         assert body.quantity is not None
@@ -105,6 +116,7 @@ async def _reserve(
         customer=body.customer,
         idempotency=idempotency,
         token=token,
+        queue_pass=queue_pass,
     )
 
 

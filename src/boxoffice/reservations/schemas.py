@@ -36,6 +36,13 @@ class ReservationCreate(BaseModel):
     quantity: int | None = Field(default=None, strict=True, ge=1)
     section: str | None = Field(default=None, min_length=1, max_length=60)
     customer: str = Field(min_length=1, max_length=200, description="An opaque buyer reference.")
+    queue_pass: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="For an event with a waiting room: the token of this customer's admitted "
+        "place. Good for one hold, until the pass expires.",
+    )
 
     @model_validator(mode="after")
     def _ids_or_quantity(self) -> "ReservationCreate":

@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,13 @@ SERVER_WORKERS = 2
 # The private server's sweeper runs often, so in `mixed` it races the buyers for lapsed holds.
 SERVER_SWEEP_INTERVAL_SECONDS = 1.0
 SERVER_START_SECONDS = 60.0
+# The private server's per-client rate limits are off: every simulated buyer comes from this
+# machine's one address, and the rush is what is measured. A scenario that wants them (buyers
+# who hammer, like scalpers) passes its own RATE_LIMIT_* in `private_server(server_env=...)`.
+SERVER_RATE_LIMITS_OFF = {
+    "RATE_LIMIT_RESERVATIONS_PER_MINUTE": "0",
+    "RATE_LIMIT_QUEUE_PER_MINUTE": "0",
+}
 
 Say = Callable[[str], None]
 
@@ -78,9 +85,10 @@ def safe_url(url: str) -> str:
 
 
 @contextlib.contextmanager
-def private_server(say: Say) -> Iterator[Target]:
+def private_server(say: Say, server_env: Mapping[str, str] | None = None) -> Iterator[Target]:
     """A private embedded PostgreSQL in a temporary folder (never ./.boxoffice, so nobody's
-    data is touched) and `boxoffice serve` on it; both stop on the way out, also on Ctrl-C."""
+    data is touched) and `boxoffice serve` on it; both stop on the way out, also on Ctrl-C.
+    `server_env`: settings for the server on top of the simulator's (rate limits off)."""
     from boxoffice.embedded import embedded_postgres
 
     with (
@@ -106,6 +114,8 @@ def private_server(say: Say) -> Iterator[Target]:
                 # ./.boxoffice) would touch the data folder of whoever runs the simulator.
                 "SERVER_SECRET": secrets.token_urlsafe(48),
                 "SWEEP_INTERVAL_SECONDS": str(SERVER_SWEEP_INTERVAL_SECONDS),
+                **SERVER_RATE_LIMITS_OFF,
+                **(server_env or {}),
             },
             log_path=data / "server.log",
             log_mode="w",

@@ -1,0 +1,54 @@
+"""The admitter: draws pre-queues and admits places, one admitter per database at a time.
+
+Every worker runs one; the one holding a session advisory lock works while the others wait
+to take over (as the live feed's relay does). If its worker dies, PostgreSQL ends its
+session and with it the lock, and another worker's admitter takes over within a second.
+Each tick of each event is one transaction (boxoffice.queue.service.admit_once), so a tick
+cut short admits nobody and the next admitter starts from the same state.
+"""
+
+import asyncio
+import logging
+import os
+
+import asyncpg
+
+from boxoffice import metrics
+from boxoffice.config import Settings
+from boxoffice.live.session import RECONNECT_SECONDS, BackgroundSession
+from boxoffice.queue.service import ADMITTER_LOCK, admit_once, events_with_waiting_places
+
+logger = logging.getLogger(__name__)
+
+
+class Admitter(BackgroundSession):
+    application_name = "boxoffice-admitter"
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.database_url is not None
+        super().__init__(settings.database_url)
+        # Which worker admits, as pg_stat_activity shows it (a drill kills that one).
+        self.application_name = f"boxoffice-admitter/{os.getpid()}"
+        self._settings = settings
+        # Set while this worker's admitter holds the lock (the tests kill the one that does).
+        self.leading = asyncio.Event()
+
+    async def serve(self, conn: asyncpg.Connection) -> None:
+        # Polling: the lock's holder is another process, there is nothing to await.
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", ADMITTER_LOCK):  # noqa: ASYNC110
+            await asyncio.sleep(RECONNECT_SECONDS)
+        self.leading.set()
+        logger.info("admitter: this worker admits from the waiting rooms")
+        interval = self._settings.queue_admit_interval_seconds
+        while True:
+            for event_id in await events_with_waiting_places(conn):
+                tick = await admit_once(
+                    conn,
+                    event_id=event_id,
+                    default_pass_seconds=self._settings.queue_pass_seconds,
+                )
+                metrics.QUEUE_ADMITTED.inc(tick.admitted)
+            await asyncio.sleep(interval)
+
+    def disconnected(self) -> None:
+        self.leading.clear()
