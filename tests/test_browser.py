@@ -8,10 +8,12 @@ the server is the real one with two workers and a sweeper every second. Waits ar
 
 import asyncio
 import json
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
@@ -613,3 +615,351 @@ def test_screenshot_of_the_seat_map(shop: Shop, open_browser: OpenBrowser) -> No
     )
     SCREENSHOT.parent.mkdir(exist_ok=True)
     assert buyer.save_screenshot(str(SCREENSHOT))
+
+
+# ---- the waiting room ----
+
+
+def fetch_rows(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    async def fetch() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return [dict(row) for row in await conn.fetch(sql, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def database_now(database_url: str) -> datetime:
+    """The database's clock: the one the on-sale and the waiting room go by."""
+    [row] = fetch_rows(database_url, "SELECT now() AS now")
+    now: datetime = row["now"]
+    return now
+
+
+def join_queue(shop: Shop, event_id: str, customer: str) -> dict[str, Any]:
+    response = shop.api.post(f"/events/{event_id}/queue", json={"customer": customer})
+    assert response.status_code == 201, response.text
+    place: dict[str, Any] = response.json()
+    return place
+
+
+def place_status(shop: Shop, event_id: str, place: dict[str, Any]) -> str:
+    response = shop.api.get(
+        f"/events/{event_id}/queue/{place['id']}",
+        headers={"Authorization": f"Bearer {place['token']}"},
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["status"])
+
+
+def leave_queue(shop: Shop, event_id: str, place: dict[str, Any]) -> None:
+    response = shop.api.delete(
+        f"/events/{event_id}/queue/{place['id']}",
+        headers={"Authorization": f"Bearer {place['token']}"},
+    )
+    assert response.status_code == 204, response.text
+
+
+def queue_status_text(driver: WebDriver) -> str:
+    return str(driver.find_element(By.ID, "queue-status").text)
+
+
+def wait_for_queue_status(driver: WebDriver, text: str, seconds: float = WAIT_SECONDS) -> str:
+    wait(driver, seconds).until(
+        lambda d: (
+            d.find_element(By.ID, "queue-status").is_displayed()
+            and queue_status_text(d).startswith(text)
+        ),
+        f"the waiting room never said {text!r}",
+    )
+    return queue_status_text(driver)
+
+
+def on_sale_countdown(driver: WebDriver) -> str:
+    return str(driver.find_element(By.ID, "queue-countdown-time").text)
+
+
+def map_locked(driver: WebDriver) -> bool:
+    venue = driver.find_element(By.CSS_SELECTOR, ".venue")
+    return bool(driver.execute_script("return arguments[0].inert", venue))
+
+
+def test_waiting_room_countdown_queue_admitted_seat_map_hold(
+    shop: Shop, open_browser: OpenBrowser, database_url: str
+) -> None:
+    buyer = open_browser()
+    # One shopper at a time (and 60 a minute): the test lets the next one in by making the
+    # one shopping leave, so the buyer's position moves at the test's pace.
+    event = create_event(
+        shop,
+        name="Waiting room night",
+        hold_seconds=300,
+        queue_enabled=True,
+        queue_admit_per_minute=60,
+        queue_max_shoppers=1,
+        sales_start_at=(database_now(database_url) + timedelta(seconds=2)).isoformat(),
+    )
+    event_id = event["id"]
+    # Two early birds join the pre-queue; the on-sale draws them, the first is admitted and
+    # the cap on shoppers holds the second back.
+    early = [join_queue(shop, event_id, f"early{n}@example.com") for n in (1, 2)]
+    assert {place["status"] for place in early} == {"pre-queue"}
+    wait(buyer).until(
+        lambda _: (
+            sorted(place_status(shop, event_id, place) for place in early)
+            == ["admitted", "waiting"]
+        ),
+        "the on-sale never drew and admitted the early birds",
+    )
+    # The organiser moves the on-sale a few seconds ahead again: this buyer joins its
+    # pre-queue, drawn after the two already in line.
+    opens = database_now(database_url) + timedelta(seconds=8)
+    moved = shop.api.patch(
+        f"/events/{event_id}", json={"sales_start_at": opens.isoformat()}, headers=ADMIN
+    )
+    assert moved.status_code == 200, moved.text
+    assert "Waiting room" in shop.api.get("/").text
+
+    open_shop(buyer, shop, event_id)
+    # Before joining: the countdown to the on-sale ticks, the map and the hold controls wait.
+    wait(buyer).until(lambda d: d.find_element(By.ID, "queue-countdown").is_displayed())
+    first = on_sale_countdown(buyer)
+    assert re.fullmatch(r"00:00:0\d", first), first
+    wait(buyer).until(lambda d: on_sale_countdown(d) != first, "the countdown does not tick")
+    assert "random place" in buyer.find_element(By.ID, "queue-intro").text
+    assert map_locked(buyer)
+    assert not buyer.find_element(By.ID, "choose").is_displayed()
+    assert buyer.find_element(By.ID, "map-locked").is_displayed()
+
+    email = buyer.find_element(By.ID, "queue-customer")
+    email.clear()
+    email.send_keys("queued@example.com", Keys.ENTER)
+    wait_for_queue_status(buyer, "You're in the pre-queue: your place is drawn when sales open.")
+    assert buyer.find_element(By.ID, "queue-countdown").is_displayed()
+    [place] = fetch_rows(
+        database_url,
+        "SELECT id, lane, rank FROM queue_entries WHERE event_id = $1 AND customer_key = $2",
+        uuid.UUID(event_id),
+        "queued@example.com",
+    )
+    assert (place["lane"], place["rank"]) == (0, None)
+
+    # The on-sale draws the buyer behind the two: one shopping, one waiting ahead.
+    text = wait_for_queue_status(buyer, "You are number 2 in the queue", seconds=30)
+    assert text == "You are number 2 in the queue · less than a minute"
+    assert not buyer.find_element(By.ID, "queue-countdown").is_displayed()
+    assert map_locked(buyer)
+
+    # A reload picks the place up again (its token is in the tab's sessionStorage).
+    buyer.refresh()
+    wait_for_queue_status(buyer, "You are number 2 in the queue")
+
+    def shopping() -> dict[str, Any]:
+        [admitted] = [p for p in early if place_status(shop, event_id, p) == "admitted"]
+        return admitted
+
+    leave_queue(shop, event_id, shopping())
+    wait_for_queue_status(buyer, "You are number 1 in the queue")
+    wait(buyer).until(lambda _: any(place_status(shop, event_id, p) == "admitted" for p in early))
+    leave_queue(shop, event_id, shopping())
+
+    turn = wait_for_queue_status(buyer, "It's your turn — you have until")
+    assert re.fullmatch(r"It's your turn — you have until \d\d:\d\d to choose\.", turn), turn
+    wait(buyer).until(lambda d: d.find_element(By.ID, "choose").is_displayed())
+    assert not map_locked(buyer)
+    assert not buyer.find_element(By.ID, "map-locked").is_displayed()
+    customer = buyer.find_element(By.ID, "customer")
+    assert customer.get_attribute("value") == "queued@example.com"
+    assert customer.get_attribute("readonly") is not None
+
+    seats = ["Stalls B-5"]
+    click_seats(buyer, seats)
+    buyer.find_element(By.ID, "hold-button").click()
+    wait_for_seats(buyer, seats, "mine")
+    wait_until_ticking(buyer)
+    assert not buyer.find_element(By.ID, "queue").is_displayed()
+
+    [hold] = fetch_rows(
+        database_url,
+        """
+        SELECT r.id, r.customer, r.status::text AS status, q.status AS place_status,
+               q.reservation_id
+        FROM reservations r JOIN queue_entries q ON q.id = $2
+        WHERE r.event_id = $1
+        """,
+        uuid.UUID(event_id),
+        place["id"],
+    )
+    assert (hold["customer"], hold["status"]) == ("queued@example.com", "active")
+    assert (hold["place_status"], hold["reservation_id"]) == ("used", hold["id"])
+    assert {tickets(shop, event_id)[label]["status"] for label in labels("Stalls", "B-5")} == {
+        "reserved"
+    }
+
+    # The place's token stayed in the tab: in no URL the browser asked for, not in the log.
+    saved = json.loads(
+        buyer.execute_script("return sessionStorage.getItem('boxoffice.queue') || '{}'")
+    )
+    token = saved[event_id]["token"]
+    assert token.startswith(place["id"].hex)
+    urls = [*requested_urls(buyer), buyer.current_url]
+    assert any("/queue/" in url and url.endswith("/stream") for url in urls)
+    assert not [url for url in urls if token in url or "token" in url.lower()]
+    assert token not in shop.log.read_text()
+
+
+def test_admin_page_sets_on_sale_settings_and_shows_queue_counts(
+    shop: Shop, open_browser: OpenBrowser
+) -> None:
+    event = create_event(shop, name=f"Admin queue {uuid.uuid4().hex[:6]}")
+    admin = open_browser()
+    admin.get(f"{shop.url}/admin")
+    admin.find_element(By.ID, "admin-token").send_keys(ADMIN_TOKEN, Keys.ENTER)
+    settings = wait(admin).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-settings-for="{event["id"]}"]')
+    )
+    assert not settings.find_element(By.CSS_SELECTOR, ".queue-stats").is_displayed()
+    summary = settings.find_element(By.TAG_NAME, "summary")
+    # (Screen readers hear which event; the words after "settings" are visually hidden.)
+    assert " ".join(summary.text.split()) == f"Edit on-sale settings of {event['name']}"
+    summary.click()
+
+    def field(name: str) -> WebElement:
+        return settings.find_element(By.CSS_SELECTOR, f'[name="{name}"]')
+
+    # A datetime-local field is typed in the browser's own format: set it as a script would.
+    admin.execute_script(
+        "arguments[0].value = '2029-12-01T10:00';"
+        "arguments[0].dispatchEvent(new Event('input', {bubbles: true}))",
+        field("sales_start_at"),
+    )
+    opens = admin.execute_script("return new Date('2029-12-01T10:00').toISOString()")
+    field("max_tickets_per_customer").send_keys("4")
+    assert not field("queue_admit_per_minute").is_displayed()
+    field("queue_enabled").click()
+    field("queue_admit_per_minute").send_keys("30")
+    field("queue_max_shoppers").send_keys("5")
+    field("queue_pass_minutes").send_keys("3")
+    settings.find_element(By.CSS_SELECTOR, ".save-settings").click()
+    wait_for_message(admin, f"Saved the on-sale settings of “{event['name']}”.")
+
+    saved = shop.api.get(f"/events/{event['id']}").json()
+    assert datetime.fromisoformat(saved["sales_start_at"]) == datetime.fromisoformat(
+        opens.replace("Z", "+00:00")
+    )
+    assert {k: saved[k] for k in saved if k.startswith("queue_") or k.startswith("max_")} == {
+        "max_tickets_per_customer": 4,
+        "queue_enabled": True,
+        "queue_admit_per_minute": 30,
+        "queue_max_shoppers": 5,
+        "queue_pass_seconds": 180,
+    }
+
+    # The row now shows the waiting room's counts; a refresh fetches them again.
+    settings = admin.find_element(By.CSS_SELECTOR, f'tr[data-settings-for="{event["id"]}"]')
+    stats = settings.find_element(By.CSS_SELECTOR, ".queue-stats")
+    assert stats.is_displayed()
+
+    def count(name: str) -> str:
+        element = admin.find_element(
+            By.CSS_SELECTOR, f'tr[data-settings-for="{event["id"]}"] dd[data-count="{name}"]'
+        )
+        return str(element.text)
+
+    wait(admin).until(lambda _: count("pre_queue") == "0")
+    places = [join_queue(shop, event["id"], f"fan{n}@example.com") for n in range(3)]
+    leave_queue(shop, event["id"], places[0])
+    stats.find_element(By.CSS_SELECTOR, ".refresh-queue").click()
+    wait(admin).until(
+        lambda _: (
+            [count(n) for n in ("pre_queue", "waiting", "admitted", "left_queue")]
+            == ["2", "2", "0", "1"]
+        ),
+        "the queue counts never showed the joins",
+    )
+
+    # Changing one setting sends only that one: the others keep their value.
+    # The form stays open after saving, focus on its summary.
+    assert settings.find_element(By.TAG_NAME, "details").get_attribute("open") is not None
+    shoppers = settings.find_element(By.CSS_SELECTOR, '[name="queue_max_shoppers"]')
+    shoppers.clear()
+    settings.find_element(By.CSS_SELECTOR, ".save-settings").click()
+    wait(admin).until(
+        lambda _: shop.api.get(f"/events/{event['id']}").json()["queue_max_shoppers"] is None
+    )
+    again = shop.api.get(f"/events/{event['id']}").json()
+    assert (again["queue_admit_per_minute"], again["max_tickets_per_customer"]) == (30, 4)
+    assert again["sales_start_at"] == saved["sales_start_at"]
+
+    # The create form takes the on-sale settings too.
+    name = f"Queued GA {uuid.uuid4().hex[:6]}"
+    admin.find_element(By.ID, "event-name").send_keys(name)
+    admin.find_element(By.CSS_SELECTOR, 'input[name="layout"][value="general_admission"]').click()
+    create = admin.find_element(By.ID, "create-sale")
+    create.find_element(By.CSS_SELECTOR, '[name="max_tickets_per_customer"]').send_keys("6")
+    create.find_element(By.CSS_SELECTOR, '[name="queue_enabled"]').click()
+    assert (
+        create.find_element(By.CSS_SELECTOR, '[name="queue_admit_per_minute"]').get_attribute(
+            "value"
+        )
+        == "60"
+    )
+    admin.find_element(By.ID, "create-button").click()
+    wait_for_message(admin, f"Created “{name}”")
+    link = admin.find_element(By.LINK_TEXT, "Open its shop page").get_attribute("href") or ""
+    created = shop.api.get(f"/events/{link.rsplit('/', 1)[1]}").json()
+    assert (created["queue_enabled"], created["queue_admit_per_minute"]) == (True, 60)
+    assert (created["max_tickets_per_customer"], created["sales_start_at"]) == (6, None)
+
+
+def test_a_refused_queue_pass_offers_to_join_again(shop: Shop, open_browser: OpenBrowser) -> None:
+    event = create_event(
+        shop, name="Queue on sale now", queue_enabled=True, queue_admit_per_minute=600
+    )
+    event_id = event["id"]
+    buyer = open_browser()
+    open_shop(buyer, shop, event_id)
+    # On sale already: no countdown, the queue admits at once.
+    assert not buyer.find_element(By.ID, "queue-countdown").is_displayed()
+    assert "Sales are open" in buyer.find_element(By.ID, "queue-intro").text
+    email = buyer.find_element(By.ID, "queue-customer")
+    email.clear()
+    email.send_keys("twice@example.com")
+    buyer.find_element(By.ID, "queue-join").click()
+    wait_for_queue_status(buyer, "It's your turn")
+
+    # The pass is spent elsewhere (another tab, say) before this page holds with it.
+    saved = json.loads(buyer.execute_script("return sessionStorage.getItem('boxoffice.queue')"))
+    elsewhere = shop.api.post(
+        f"/events/{event_id}/reservations",
+        json={
+            "quantity": 1,
+            "customer": "twice@example.com",
+            "queue_pass": saved[event_id]["token"],
+        },
+    )
+    assert elsewhere.status_code == 201, elsewhere.text
+    click_seats(buyer, ["Stalls C-3"])
+    buyer.find_element(By.ID, "hold-button").click()
+    text = wait_for_message(buyer, "used for a hold already")
+    assert text == (
+        "This queue pass was used for a hold already. Join the queue again to choose."
+    ), text
+    wait(buyer).until(lambda d: d.find_element(By.ID, "queue-form").is_displayed())
+    assert "used for a hold already" in buyer.find_element(By.ID, "queue-note").text
+    assert not buyer.find_element(By.ID, "choose").is_displayed()
+    assert map_locked(buyer)
+
+    # Once that hold is over the customer may queue again, and hold with the new pass.
+    other = elsewhere.json()
+    released = shop.api.delete(
+        f"/reservations/{other['id']}", headers={"Authorization": f"Bearer {other['token']}"}
+    )
+    assert released.status_code in (200, 204), released.text
+    buyer.find_element(By.ID, "queue-join").click()
+    wait_for_queue_status(buyer, "It's your turn")
+    click_seats(buyer, ["Stalls C-4"])
+    buyer.find_element(By.ID, "hold-button").click()
+    wait_for_seats(buyer, ["Stalls C-4"], "mine")

@@ -141,6 +141,8 @@ class EventCard:
     sales_start_at: datetime | None
     sales_start_text: str | None
     max_tickets_per_customer: int | None
+    queue_enabled: bool = False
+    queue_pass_seconds: int | None = None
 
     @property
     def seated(self) -> bool:
@@ -161,6 +163,12 @@ class EventCard:
         # For the words on the page only; whether a hold is taken is the database's call.
         start = self.sales_start_at
         return not self.on_sale and start is not None and start > datetime.now(UTC)
+
+    @property
+    def server_now(self) -> datetime:
+        """The server's clock as the page is drawn: the page's countdown to the on-sale runs
+        from it, so a wrong clock on the buyer's computer does not move the opening."""
+        return datetime.now(UTC)
 
     @property
     def hold_text(self) -> str:
@@ -188,4 +196,6 @@ def event_card(row: EventRow) -> EventCard:
         sales_start_at=row.sales_start_at,
         sales_start_text=when(row.sales_start_at) if row.sales_start_at is not None else None,
         max_tickets_per_customer=row.max_tickets_per_customer,
+        queue_enabled=row.queue_enabled,
+        queue_pass_seconds=row.queue_pass_seconds,
     )

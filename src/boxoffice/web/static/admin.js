@@ -1,4 +1,5 @@
-// The admin page: sign in with the admin token, create events, see their counts.
+// The admin page: sign in with the admin token, create events, see their counts, change
+// their on-sale settings (PATCH /events/{id}) and watch their waiting rooms.
 "use strict";
 
 (() => {
@@ -62,6 +63,81 @@
     $("admin-token").focus();
   });
 
+  // ---- the on-sale settings (the create form and each event's edit form) ----
+
+  const pad = (n) => String(n).padStart(2, "0");
+
+  // A moment as a datetime-local input shows it: this computer's time zone, to the minute.
+  function localInput(iso) {
+    const at = new Date(iso);
+    return (
+      `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())}` +
+      `T${pad(at.getHours())}:${pad(at.getMinutes())}`
+    );
+  }
+
+  // The fields, from #sale-template, into `slot`; the waiting room's own only while it is on.
+  function addSaleFields(slot) {
+    slot.append($("sale-template").content.cloneNode(true));
+    const fields = slot.querySelector(".sale-fields");
+    const toggle = fields.querySelector('[name="queue_enabled"]');
+    const showQueue = () => {
+      const queue = fields.querySelector(".queue-fields");
+      queue.hidden = !toggle.checked;
+      // Hidden fields must not block the form's validation.
+      queue.disabled = !toggle.checked;
+    };
+    toggle.addEventListener("change", showQueue);
+    showQueue();
+    return fields;
+  }
+
+  function field(fields, name) {
+    return fields.querySelector(`[name="${name}"]`);
+  }
+
+  // Every member as the API takes it; null for an empty field.
+  function saleValues(fields) {
+    const moment = (name) => {
+      const value = field(fields, name).value;
+      return value ? new Date(value).toISOString() : null;
+    };
+    const count = (name) => {
+      const value = field(fields, name).value;
+      return value === "" ? null : Number(value);
+    };
+    const minutes = count("queue_pass_minutes");
+    return {
+      sales_start_at: moment("sales_start_at"),
+      sales_end_at: moment("sales_end_at"),
+      max_tickets_per_customer: count("max_tickets_per_customer"),
+      queue_enabled: field(fields, "queue_enabled").checked,
+      queue_admit_per_minute: count("queue_admit_per_minute"),
+      queue_max_shoppers: count("queue_max_shoppers"),
+      queue_pass_seconds: minutes === null ? null : Math.round(minutes * 60),
+    };
+  }
+
+  function fillSale(fields, event) {
+    field(fields, "sales_start_at").value = event.sales_start_at
+      ? localInput(event.sales_start_at)
+      : "";
+    // Sales end when the event starts unless set otherwise: that default reads as empty.
+    field(fields, "sales_end_at").value =
+      event.sales_end_at && Date.parse(event.sales_end_at) !== Date.parse(event.starts_at)
+        ? localInput(event.sales_end_at)
+        : "";
+    const number = (value) => (value === null || value === undefined ? "" : String(value));
+    field(fields, "max_tickets_per_customer").value = number(event.max_tickets_per_customer);
+    field(fields, "queue_enabled").checked = Boolean(event.queue_enabled);
+    field(fields, "queue_enabled").dispatchEvent(new Event("change"));
+    field(fields, "queue_admit_per_minute").value = number(event.queue_admit_per_minute);
+    field(fields, "queue_max_shoppers").value = number(event.queue_max_shoppers);
+    field(fields, "queue_pass_minutes").value = event.queue_pass_seconds
+      ? String(event.queue_pass_seconds / 60)
+      : "";
+  }
+
   // ---- the events table ----
 
   function cell(content, className) {
@@ -87,35 +163,116 @@
       if (!after) break;
     }
     if (!token) return;
-    const number = (n) => n.toLocaleString("en-US");
-    $("events-body").replaceChildren(
-      ...events.map((event) => {
-        const row = document.createElement("tr");
-        const link = document.createElement("a");
-        link.href = `/shop/events/${event.id}`;
-        link.textContent = event.name;
-        const when = document.createElement("time");
-        when.dateTime = event.starts_at;
-        when.textContent = B.dateFormat.format(Date.parse(event.starts_at));
-        row.append(
-          cell(link),
-          cell(when),
-          cell(event.kind === "seated" ? "Numbered seats" : "General admission"),
-          cell(number(event.ticket_count), "num"),
-          cell(number(event.counts.available), "num"),
-          cell(number(event.counts.reserved), "num"),
-          cell(number(event.counts.booked), "num"),
-        );
-        row.dataset.eventId = event.id;
-        return row;
-      }),
-    );
+    $("events-body").replaceChildren(...events.flatMap(eventRows));
     if (!events.length) {
       const row = document.createElement("tr");
       const empty = cell("No events yet.");
       empty.colSpan = 7;
       row.append(empty);
       $("events-body").replaceChildren(row);
+    }
+  }
+
+  // An event's row, and the row under it with its waiting room's counts and settings form.
+  function eventRows(event) {
+    const number = (n) => n.toLocaleString("en-US");
+    const row = document.createElement("tr");
+    const link = document.createElement("a");
+    link.href = `/shop/events/${event.id}`;
+    link.textContent = event.name;
+    const when = document.createElement("time");
+    when.dateTime = event.starts_at;
+    when.textContent = B.dateFormat.format(Date.parse(event.starts_at));
+    const name = cell(link);
+    if (event.queue_enabled) {
+      const badge = document.createElement("span");
+      badge.className = "badge badge-queue";
+      badge.textContent = "Waiting room";
+      name.append(" ", badge);
+    }
+    row.append(
+      name,
+      cell(when),
+      cell(event.kind === "seated" ? "Numbered seats" : "General admission"),
+      cell(number(event.ticket_count), "num"),
+      cell(number(event.counts.available), "num"),
+      cell(number(event.counts.reserved), "num"),
+      cell(number(event.counts.booked), "num"),
+    );
+    row.dataset.eventId = event.id;
+
+    const settings = $("settings-template").content.firstElementChild.cloneNode(true);
+    settings.dataset.settingsFor = event.id;
+    settings.querySelector("summary .visually-hidden").textContent = ` of ${event.name}`;
+    const fields = addSaleFields(settings.querySelector(".sale-slot"));
+    fillSale(fields, event);
+    // What the form showed to begin with: only the members changed since are sent.
+    const initial = saleValues(fields);
+    const form = settings.querySelector(".settings-form");
+    form.addEventListener("submit", (submitted) => {
+      submitted.preventDefault();
+      saveSettings(event, form, fields, initial);
+    });
+    const stats = settings.querySelector(".queue-stats");
+    stats.hidden = !event.queue_enabled;
+    if (event.queue_enabled) {
+      settings.querySelector(".queue-stats-title").textContent = `Waiting room of ${event.name}`;
+      const refresh = settings.querySelector(".refresh-queue");
+      refresh.setAttribute("aria-label", `Refresh the queue counts of ${event.name}`);
+      refresh.addEventListener("click", () => loadQueue(event.id, stats));
+      loadQueue(event.id, stats);
+    }
+    return [row, settings];
+  }
+
+  // GET /events/{id}/queue (admin): the waiting room's counts.
+  async function loadQueue(eventId, stats) {
+    const result = await B.api("GET", `/events/${eventId}/queue`, { token });
+    if (result.ok) {
+      stats.querySelectorAll("[data-count]").forEach((element) => {
+        element.textContent = result.data[element.dataset.count].toLocaleString("en-US");
+      });
+    } else if (result.status === 401 || result.status === 403) {
+      signOut("The admin token was refused; sign in again.");
+    } else {
+      B.say(B.describe(result), "error");
+    }
+  }
+
+  // PATCH /events/{id} with the members changed on the form (the others keep their value).
+  async function saveSettings(event, form, fields, initial) {
+    if (!token || !form.reportValidity()) return;
+    const values = saleValues(fields);
+    const body = {};
+    for (const [name, value] of Object.entries(values)) {
+      if (JSON.stringify(value) !== JSON.stringify(initial[name])) body[name] = value;
+    }
+    if (!Object.keys(body).length) {
+      B.say(`Nothing changed for “${event.name}”.`, "info");
+      return;
+    }
+    const button = form.querySelector(".save-settings");
+    button.disabled = true;
+    button.textContent = "Saving…";
+    const result = await B.api("PATCH", `/events/${event.id}`, { body, token });
+    button.disabled = false;
+    button.textContent = "Save settings";
+    if (result.ok) {
+      B.say(`Saved the on-sale settings of “${result.data.name}”.`, "success");
+      // Redraw this event's rows from the answer, the form open where it was.
+      const [row, settings] = eventRows(result.data);
+      const oldRow = $("events-body").querySelector(`tr[data-event-id="${event.id}"]`);
+      const oldSettings = $("events-body").querySelector(`tr[data-settings-for="${event.id}"]`);
+      if (oldRow && oldSettings) {
+        oldRow.replaceWith(row);
+        oldSettings.replaceWith(settings);
+        settings.querySelector("details").open = true;
+        settings.querySelector("summary").focus();
+      }
+    } else if (result.status === 401 || result.status === 403) {
+      signOut("The admin token was refused; sign in again.");
+    } else {
+      B.say(B.describe(result), "error");
     }
   }
 
@@ -189,6 +346,13 @@
     };
     const venue = $("event-venue").value.trim();
     if (venue) body.venue = venue;
+    // The on-sale settings: only those set (and the waiting room's only when it is on).
+    const sale = saleValues(createSale);
+    for (const [name, value] of Object.entries(sale)) {
+      const queueOnly = name.startsWith("queue_") && name !== "queue_enabled";
+      if (value === null || value === false || (queueOnly && !sale.queue_enabled)) continue;
+      body[name] = value;
+    }
     if ($("event-hold").value) body.hold_seconds = Number($("event-hold").value);
     if (layout() === "seated") {
       body.sections = [...sections.querySelectorAll(".section-row")].map((row) => ({
@@ -260,10 +424,11 @@
 
   // A sensible start: one section, next week at eight in the evening.
   addSection({ name: "Stalls", rows: 8, seats_per_row: 16, price: "45.00" });
+  const createSale = addSaleFields($("create-sale"));
+  field(createSale, "queue_admit_per_minute").value = "60";
   const nextWeek = new Date();
   nextWeek.setDate(nextWeek.getDate() + 7);
   nextWeek.setHours(20, 0, 0, 0);
-  const pad = (n) => String(n).padStart(2, "0");
   $("event-starts").value =
     `${nextWeek.getFullYear()}-${pad(nextWeek.getMonth() + 1)}-${pad(nextWeek.getDate())}` +
     `T${pad(nextWeek.getHours())}:${pad(nextWeek.getMinutes())}`;

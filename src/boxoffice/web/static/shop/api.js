@@ -52,5 +52,20 @@ export function createShopApi(eventId) {
     reservation(known) {
       return B.api("GET", `/reservations/${known.id}`, { token: known.token });
     },
+    // POST /events/{id}/queue: a place in the waiting room and its token (shown only here).
+    // A second join of one customer is refused (409 already-queued), so no key is needed.
+    joinQueue(customer) {
+      return B.api("POST", `/events/${eventId}/queue`, { body: { customer } });
+    },
+    // GET /events/{id}/queue/{place}: the place this tab joined with, by its token.
+    queuePlace(record) {
+      return B.api("GET", `/events/${eventId}/queue/${record.place_id}`, { token: record.token });
+    },
+    // DELETE /events/{id}/queue/{place}: give the place up.
+    leaveQueue(record) {
+      return B.api("DELETE", `/events/${eventId}/queue/${record.place_id}`, {
+        token: record.token,
+      });
+    },
   };
 }

@@ -1,6 +1,8 @@
 // The event page: pick seats (or a quantity), hold them, pay or release, and watch the other
 // buyers' holds arrive live from GET /events/{id}/stream. This module wires the page: the
 // events it hears move the state (state.js) through its transitions, then the views draw it.
+// An event with a waiting room (queue.js) opens the map and the hold controls only in the
+// buyer's turn, and each hold carries the turn's pass.
 
 import { createShopApi } from "./api.js";
 import { B } from "./boxoffice.js";
@@ -16,6 +18,7 @@ import {
 } from "./seatmap.js";
 import * as S from "./state.js";
 import { connect } from "./feed.js";
+import { createWaitingRoom } from "./queue.js";
 
 const root = document.getElementById("shop");
 if (root) start(root);
@@ -43,6 +46,10 @@ function start(root) {
     release: $("release-button").textContent,
   };
   const view = { config, seats, idleText };
+  const room =
+    root.dataset.queue === "true"
+      ? createWaitingRoom({ root, eventId, api, onChange: () => renderPanel() })
+      : null;
 
   // ---- drawing the state ----
 
@@ -50,6 +57,7 @@ function start(root) {
     root.dataset.phase = state.phase;
     renderSelection(state, view);
     renderHold(state, view);
+    if (room) room.render(state);
   }
 
   function renderAll() {
@@ -122,12 +130,26 @@ function start(root) {
     return value;
   }
 
-  async function placeHold(body, via) {
+  // A hold on an event with a waiting room: with the turn's pass, for the customer who queued.
+  function withPass(body) {
+    if (!room) return body;
+    const pass = room.pass();
+    if (!pass) {
+      B.say("Wait for your turn in the waiting room before holding tickets.", "error");
+      return null;
+    }
+    return { ...body, customer: pass.customer, queue_pass: pass.token };
+  }
+
+  async function placeHold(request, via) {
+    const body = withPass(request);
+    if (body === null) return;
     S.requestHold(state, body, via);
     renderPanel();
     const result = await api.reserve(body);
     if (result.ok) {
       placed(result.data, result.data.token, Date.parse(result.data.created_at));
+      if (room) room.passUsed(result.data.id);
       const count = result.data.tickets.length;
       B.say(
         `${count} ${noun(count)} held for you. Pay before the countdown ends to book them.`,
@@ -142,7 +164,10 @@ function start(root) {
     renderCounts(state, root, seats);
     renderPanel();
     if (result.slug === "tickets-unavailable") refused(problem, taken, body);
-    else B.say(B.describe(result), "error");
+    else if (room && result.slug === "queue-pass-required") {
+      room.passRefused(result);
+      B.say(`${B.describe(result)} Join the queue again to choose.`, "error");
+    } else B.say(B.describe(result), "error");
   }
 
   function refused(problem, taken, body) {
@@ -392,6 +417,7 @@ function start(root) {
   } catch {
     // No storage: the field starts empty.
   }
+  if (room) room.start();
   renderPanel();
   connect(eventId, { onLive, onStatuses });
 
