@@ -45,6 +45,7 @@ TABLES = {
     "rate_buckets",
     "queue_entries",
     "queue_state",
+    "waiting_list",
 }
 ENUMS = {"ticket_status", "reservation_status"}
 CHECK_VIOLATION = "23514"

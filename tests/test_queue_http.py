@@ -276,3 +276,65 @@ async def test_killing_the_worker_that_admits_hands_admission_to_another(
         assert (await follow_until_admitted(client, second["stream"]))[-1]["status"] == "admitted"
         stats = (await client.get(f"/events/{event_id}/queue", headers=ADMIN)).json()
         assert stats["admitted"] == 2 and stats["waiting"] == 0
+
+
+async def test_a_sold_out_events_returned_seat_reaches_the_waiting_list_by_itself(
+    client: httpx.AsyncClient,
+) -> None:
+    """The running admitter offers the seat; the buyer reads and pays with the entry token."""
+    created = await client.post(
+        "/events",
+        json={
+            "name": "Tiny club",
+            "starts_at": "2030-01-01T20:00:00Z",
+            "general_admission": {"quantity": 2, "price": 500},
+        },
+        headers=ADMIN,
+    )
+    event_id = created.json()["id"]
+    not_yet = await client.post(f"/events/{event_id}/waiting-list", json={"customer": "w@x.org"})
+    assert_problem(not_yet, 409, "not-sold-out")
+    holds = [
+        (
+            await client.post(
+                f"/events/{event_id}/reservations", json={"quantity": 1, "customer": f"h{n}"}
+            )
+        ).json()
+        for n in range(2)
+    ]
+    joined = await client.post(f"/events/{event_id}/waiting-list", json={"customer": "w@x.org"})
+    assert joined.status_code == 201, joined.text
+    entry = joined.json()
+    assert (entry["status"], entry["position"]) == ("waiting", 1)
+
+    released = await client.delete(
+        f"/reservations/{holds[0]['id']}", headers=bearer(holds[0]["token"])
+    )
+    assert released.status_code == 204
+    snipe = await client.post(
+        f"/events/{event_id}/reservations", json={"quantity": 1, "customer": "sniper"}
+    )
+    assert snipe.status_code in (409, 429), snipe.text  # never a 201: the seat is owed
+
+    async with asyncio.timeout(WAIT_SECONDS):
+        while True:  # the admitter's next tick (every 0.5 s) makes the offer
+            seen = await client.get(
+                f"/events/{event_id}/waiting-list/{entry['id']}", headers=bearer(entry["token"])
+            )
+            if seen.json()["status"] != "waiting":
+                break
+            await asyncio.sleep(0.1)
+    offer = seen.json()
+    assert offer["status"] == "offered" and offer["offer_expires_at"]
+    paid = await client.post(
+        f"/reservations/{offer['reservation_id']}/confirm",
+        json={"payment_reference": "wl"},
+        headers=bearer(entry["token"]),
+    )
+    assert paid.status_code == 200, paid.text
+    claimed = await client.get(
+        f"/events/{event_id}/waiting-list/{entry['id']}", headers=bearer(entry["token"])
+    )
+    assert claimed.json()["status"] == "claimed"
+    stats = (await client.get(f"/events/{event_id}/queue", headers=ADMIN)).json()
+    assert (stats["waiting_list"], stats["waiting_list_offers"]) == (0, 1)

@@ -79,6 +79,15 @@ CONFIG = schemathesis.Config.from_dict(
                 "enabled": False,
             },
             {
+                # A wrong entry token is answered like an unknown entry, 404, by design; and
+                # leaving ends an entry, it does not delete it.
+                "include-path-regex": "^/events/[^/]+/waiting-list/",
+                "checks": {
+                    "ignored_auth": {"enabled": False},
+                    "use_after_free": {"enabled": False},
+                },
+            },
+            {
                 # A waiting buyer's stream lasts until the place is admitted; its answers and
                 # messages are tested in test_queue_http.py.
                 "include-path": "/events/{event_id}/queue/{place_id}/stream",
@@ -135,6 +144,8 @@ class Real:
     tokens: dict[str, str] = field(default_factory=dict)  # reservation id -> its token
     queued: str = ""  # an event with a waiting room
     places: list[Hold] = field(default_factory=list)  # its places, with their tokens
+    sold_out: str = ""  # an event with a waiting list
+    entries: list[Hold] = field(default_factory=list)  # its entries, with their tokens
 
     def add(self, hold: Hold) -> None:
         self.holds.append(hold)
@@ -207,11 +218,26 @@ def real(live_server: str) -> Iterator[Real]:
                 "max_tickets_per_customer": 4,
             },
         )
+        sold_out, sold_out_seats = _event(
+            client,
+            {
+                "name": "Fuzz sold out",
+                "starts_at": "2031-01-05T20:00:00Z",
+                "general_admission": {"quantity": 1, "price": 100},
+            },
+        )
+        real.add(_hold(client, sold_out, {"quantity": 1, "customer": "f"}))
+        real.sold_out = sold_out
+        for n in range(3):
+            joined = client.post(f"/events/{sold_out}/waiting-list", json={"customer": f"w{n}"})
+            assert joined.status_code == 201, joined.text
+            real.entries.append(Hold(joined.json()["id"], joined.json()["token"]))
         real.events = {
             seated: seats,
             standing: places,
             brief: brief_seats,
             queued: queued_seats,
+            sold_out: sold_out_seats,
         }
         real.queued = queued
         for n in range(4):
@@ -302,6 +328,16 @@ def retarget(case: schemathesis.Case[Any], real: Real) -> bool:
         headers = dict(case.headers or {})
         if headers.get("Authorization") == ADMIN_BEARER:
             headers["Authorization"] = f"Bearer {place.token}"
+            case.headers = cast(Any, headers)
+        return False
+    entry_id = path.get("entry_id")
+    if _is_uuid(entry_id) and _pick(entry_id, 4) != 0:
+        entry = real.entries[_pick(entry_id[::-1], len(real.entries))]
+        path["event_id"], path["entry_id"] = real.sold_out, entry.id
+        case.path_parameters = path
+        headers = dict(case.headers or {})
+        if headers.get("Authorization") == ADMIN_BEARER:
+            headers["Authorization"] = f"Bearer {entry.token}"
             case.headers = cast(Any, headers)
         return False
     reservation_id = path.get("reservation_id")

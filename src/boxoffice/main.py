@@ -34,6 +34,7 @@ from boxoffice.queue.router import router as queue_router
 from boxoffice.reservations.router import router as reservations_router
 from boxoffice.supervision import watch_parent
 from boxoffice.tickets.router import router as tickets_router
+from boxoffice.waitlist.router import router as waitlist_router
 from boxoffice.web import install_web
 
 logger = logging.getLogger("boxoffice")
@@ -95,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         relay = ChangeRelay(settings.database_url)
         queue_feed = QueueFeed(settings.database_url)
         app.state.queue_feed = queue_feed
-        admitter = Admitter(settings)
+        admitter = Admitter(settings, db)
         app.state.admitter = admitter
         feed.start()
         relay.start()
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tickets_router)
     app.include_router(live_router)
     app.include_router(queue_router)
+    app.include_router(waitlist_router)
     app.include_router(ops_router)
     app.include_router(demo_router)
     app.include_router(admin_router)

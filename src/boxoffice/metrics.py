@@ -55,6 +55,10 @@ QUEUE_JOINS = Counter("boxoffice_queue_joins_total", "Places taken in the events
 QUEUE_ADMITTED = Counter(
     "boxoffice_queue_admitted_total", "Waiting-room places admitted (passes handed out)"
 )
+WAITING_LIST_OFFERS = Counter(
+    "boxoffice_waiting_list_offers_total",
+    "Returned seats held for the next buyer on a sold-out event's waiting list",
+)
 POOL_CHECKED_OUT = Gauge(
     "boxoffice_db_pool_checked_out",
     "Database connections in use, summed over live workers",

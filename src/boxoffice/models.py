@@ -8,6 +8,7 @@ from boxoffice.queue.models import QueueEntry, QueueState
 from boxoffice.ratelimit import RateBucket
 from boxoffice.reservations.models import Booking, Reservation, ReservationStatus, ReservationTicket
 from boxoffice.tickets.models import Ticket, TicketAudit, TicketStatus
+from boxoffice.waitlist.models import WaitingListEntry
 
 __all__ = [
     "Base",
@@ -24,4 +25,5 @@ __all__ = [
     "TicketAudit",
     "TicketChange",
     "TicketStatus",
+    "WaitingListEntry",
 ]

@@ -91,7 +91,7 @@ class Problem(BaseModel):
         default=None, description="`reservation-not-active` when confirmed: its booking."
     )
     sales_start_at: str | SkipJsonSchema[None] = Field(
-        default=None, description="`sales-closed`: when sales open (null: since creation)."
+        default=None, description="`sales-closed`: when sales open (absent: since creation)."
     )
     sales_end_at: str | SkipJsonSchema[None] = Field(
         default=None, description="`sales-closed`: when sales end."

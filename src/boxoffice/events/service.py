@@ -162,13 +162,15 @@ async def create_event(
 
 # The event's on-sale controls, locked: two edits of one event apply one after the other.
 _SALE_SETTINGS = """
-SELECT starts_at, sales_start_at, sales_end_at, max_tickets_per_customer, queue_enabled,
+SELECT starts_at, sales_start_at, nullif(sales_end_at, 'infinity') AS sales_end_at,
+       sales_end_at = 'infinity' AS endless, max_tickets_per_customer, queue_enabled,
        queue_admit_per_minute, queue_max_shoppers, queue_pass_seconds
 FROM events WHERE id = $1
 FOR UPDATE
 """
 _UPDATE_SALE_SETTINGS = """
-UPDATE events SET sales_start_at = $2, sales_end_at = $3, max_tickets_per_customer = $4,
+UPDATE events SET sales_start_at = $2, sales_end_at = coalesce($3, CASE WHEN $9 THEN
+                  'infinity'::timestamptz END), max_tickets_per_customer = $4,
                   queue_enabled = $5, queue_admit_per_minute = $6, queue_max_shoppers = $7,
                   queue_pass_seconds = $8
 WHERE id = $1
@@ -187,10 +189,13 @@ async def update_sale_settings(
         if current is None:
             raise EventNotFound(f"no event {event_id}")
         merged = {**dict(current), **changes.model_dump(exclude_unset=True)}
+        # The original demo's events sell for ever (seed.py) until an edit sets an end.
+        endless = current["endless"] and "sales_end_at" not in changes.model_fields_set
         try:
-            check_sales_window(
-                merged["starts_at"], merged["sales_start_at"], merged["sales_end_at"]
-            )
+            if not endless:
+                check_sales_window(
+                    merged["starts_at"], merged["sales_start_at"], merged["sales_end_at"]
+                )
             check_queue(
                 merged["queue_enabled"],
                 merged["queue_admit_per_minute"],
@@ -208,6 +213,7 @@ async def update_sale_settings(
             merged["queue_admit_per_minute"],
             merged["queue_max_shoppers"],
             merged["queue_pass_seconds"],
+            endless,
         )
         return await _event_on(conn, event_id)
 

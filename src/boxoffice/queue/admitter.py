@@ -1,4 +1,5 @@
-"""The admitter: draws pre-queues and admits places, one admitter per database at a time.
+"""The admitter: draws pre-queues, admits places and offers returned seats to the waiting
+lists, one admitter per database at a time.
 
 Every worker runs one; the one holding a session advisory lock works while the others wait
 to take over (as the live feed's relay does). If its worker dies, PostgreSQL ends its
@@ -15,8 +16,12 @@ import asyncpg
 
 from boxoffice import metrics
 from boxoffice.config import Settings
+from boxoffice.credentials import server_secret
+from boxoffice.db import Database
+from boxoffice.errors import BoxofficeError
 from boxoffice.live.session import RECONNECT_SECONDS, BackgroundSession
 from boxoffice.queue.service import ADMITTER_LOCK, admit_once, events_with_waiting_places
+from boxoffice.waitlist.service import offer_returned_seats
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +29,11 @@ logger = logging.getLogger(__name__)
 class Admitter(BackgroundSession):
     application_name = "boxoffice-admitter"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, db: Database) -> None:
         assert settings.database_url is not None
         super().__init__(settings.database_url)
+        # The waiting lists' offers are holds, made through the reservation service's pool.
+        self._db = db
         # Which worker admits, as pg_stat_activity shows it (a drill kills that one).
         self.application_name = f"boxoffice-admitter/{os.getpid()}"
         self._settings = settings
@@ -48,6 +55,13 @@ class Admitter(BackgroundSession):
                     default_pass_seconds=self._settings.queue_pass_seconds,
                 )
                 metrics.QUEUE_ADMITTED.inc(tick.admitted)
+            try:
+                offers = await offer_returned_seats(self._db, secret=server_secret(self._settings))
+            except (BoxofficeError, asyncpg.PostgresError, OSError) as error:
+                # The pool is busy or the database away: offer on the next tick.
+                logger.warning("admitter: no offers this tick: %s", error)
+            else:
+                metrics.WAITING_LIST_OFFERS.inc(offers)
             await asyncio.sleep(interval)
 
     def disconnected(self) -> None:

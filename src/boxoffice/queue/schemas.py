@@ -73,6 +73,8 @@ class QueueStatsOut(BaseModel):
     used_passes: int
     expired_passes: int
     left_queue: int
+    waiting_list: int = Field(description="Buyers on the sold-out event's waiting list.")
+    waiting_list_offers: int = Field(description="Seats offered from the waiting list so far.")
 
     @classmethod
     def of(cls, event_id: uuid.UUID, stats: QueueStats) -> "QueueStatsOut":

@@ -430,7 +430,11 @@ SELECT
     count(*) FILTER (WHERE q.status = 'used') AS used_passes,
     count(*) FILTER (WHERE q.status = 'admitted' AND q.pass_expires_at <= now())
         AS expired_passes,
-    count(*) FILTER (WHERE q.status = 'left') AS left_queue
+    count(*) FILTER (WHERE q.status = 'left') AS left_queue,
+    (SELECT count(*) FROM waiting_list w
+     WHERE w.event_id = $1 AND w.status = 'waiting') AS waiting_list,
+    (SELECT count(*) FROM waiting_list w
+     WHERE w.event_id = $1 AND w.status = 'offered') AS waiting_list_offers
 FROM queue_entries q WHERE q.event_id = $1
 """
 
@@ -444,6 +448,8 @@ class QueueStats:
     used_passes: int
     expired_passes: int
     left_queue: int
+    waiting_list: int
+    waiting_list_offers: int
 
     @classmethod
     def of(cls, record: Any) -> Self:

@@ -38,7 +38,8 @@ from boxoffice.reservations.tokens import token_pair
 # its kind runs. Parameters, the same in all four: $1 event id, $2 the chosen ticket ids (or
 # for best available, the section or NULL), $3 how many tickets, $4 customer, $5 the
 # token's hash, and for a keyed request $6 the key's scope (NULL without a key), $7 its
-# hash, $8 the request's hash; $9 the queue pass (the waiting room's place, or NULL).
+# hash, $8 the request's hash; $9 the queue pass (the waiting room's place, or NULL); $10
+# the waiting-list entry this hold is an offer for (the offerer's own holds, else NULL).
 #
 # FOR UPDATE in id order: overlapping multi-seat holds queue in one direction and can never
 # deadlock; a busy row fails after the session's lock_timeout (a 409), not a long queue.
@@ -100,7 +101,10 @@ _LOCK_BEST_INCLUDING_EXPIRED = """
 #   queue_pass     a queued event only: the customer's admitted place in the waiting room,
 #                  its pass unexpired and unused, locked (after the seats) so that two holds
 #                  with one pass take turns and the second finds it used.
-#   verdict        seats free, on sale, within the cap, with a pass if the event is queued.
+#   offer_entry    an offer to the waiting list only: the entry, still waiting, locked.
+#   verdict        seats free, on sale, within the cap; with a pass if the event is queued
+#                  and nobody on its waiting list if it has one (their seats are offered to
+#                  them first), unless this hold is such an offer.
 #   claim          a keyed request claims its key, after its tickets: a concurrent retry
 #                  with the same key waits for the first attempt to commit, then claims
 #                  nothing. A refusal claims nothing either, so it may be retried with the
@@ -108,13 +112,15 @@ _LOCK_BEST_INCLUDING_EXPIRED = """
 #   new_reservation, held, links, audit, spent
 #                  the hold itself, only with a verdict (and a claimed key, when keyed); each
 #                  audit row records a hold that expired under its ticket too; the pass is
-#                  spent on the hold.
+#                  spent on the hold; an offer marks its entry offered.
 # The answer is the locked tickets and, if it was made, the reservation, with what the
 # verdict was made of (so a refusal can say why without asking again).
 _HOLD_LOCKED = f"""
 sale AS (
     SELECT e.hold_seconds, e.currency, e.max_tickets_per_customer AS cap,
            e.queue_enabled AS queued,
+           EXISTS (SELECT 1 FROM waiting_list w
+                   WHERE w.event_id = e.id AND w.status = 'waiting') AS waitlisted,
            now() >= coalesce(e.sales_start_at, '-infinity')
            AND now() < coalesce(e.sales_end_at, e.starts_at) AS open
     FROM events e WHERE e.id = $1
@@ -129,10 +135,17 @@ sale AS (
     WHERE q.id = $9::uuid AND q.event_id = $1 AND q.customer_key = lower(btrim($4))
       AND q.status = 'admitted' AND q.pass_expires_at > now() AND seats.free
     FOR UPDATE OF q
+), offer_entry AS (
+    SELECT w.id FROM waiting_list w
+    WHERE w.id = $10::uuid AND w.event_id = $1 AND w.status = 'waiting'
+    FOR UPDATE
 ), verdict AS (
     SELECT seats.free AND sale.open
            AND (sale.cap IS NULL OR allowance.holding + $3 <= sale.cap)
-           AND (NOT sale.queued OR EXISTS (SELECT FROM queue_pass)) AS ok
+           AND CASE WHEN $10::uuid IS NULL
+                    THEN NOT sale.waitlisted
+                         AND (NOT sale.queued OR EXISTS (SELECT FROM queue_pass))
+                    ELSE EXISTS (SELECT FROM offer_entry) END AS ok
     FROM sale, seats, allowance
 ), hold AS (
     SELECT gen_random_uuid() AS id
@@ -181,10 +194,14 @@ sale AS (
     UPDATE queue_entries q SET status = 'used', used_at = now(), reservation_id = r.id
     FROM new_reservation r, sale
     WHERE sale.queued AND q.id IN (SELECT id FROM queue_pass)
+), offered AS (
+    UPDATE waiting_list w SET status = 'offered', offered_at = now(), reservation_id = r.id
+    FROM new_reservation r
+    WHERE w.id IN (SELECT id FROM offer_entry)
 )
 SELECT l.id, l.label, l.section, l.row_label, l.seat, l.price_minor, l.available,
        r.id AS reservation_id, r.created_at, r.expires_at, sale.currency,
-       sale.open AS sales_open, sale.cap, allowance.holding, sale.queued,
+       sale.open AS sales_open, sale.cap, allowance.holding, sale.queued, sale.waitlisted,
        EXISTS (SELECT FROM queue_pass) AS pass_ok
 FROM locked l CROSS JOIN sale CROSS JOIN allowance LEFT JOIN new_reservation r ON true
 ORDER BY l.id
@@ -284,7 +301,15 @@ async def reserve_tickets(
     async with db.connection() as conn:
         try:
             rows = await conn.fetch(
-                RESERVE_CHOSEN, event_id, ids, len(ids), customer, token_hash, *keyed, queue_pass
+                RESERVE_CHOSEN,
+                event_id,
+                ids,
+                len(ids),
+                customer,
+                token_hash,
+                *keyed,
+                queue_pass,
+                None,
             )
         except asyncpg.LockNotAvailableError as busy:
             await _replay_if_keyed(conn, idempotency, token)
@@ -303,6 +328,7 @@ async def reserve_tickets(
             )
         taken = [row["id"] for row in rows if not row["available"]]
         if not taken:
+            _refuse_if_waitlisted(rows, ticket_ids=ids)
             await _refuse_without_pass(conn, event_id, rows, queue_pass, customer)
             _refuse_over_cap(rows, len(ids))
         raise TicketsUnavailable(
@@ -320,9 +346,11 @@ async def reserve_best_available(
     idempotency: IdempotencyRequest | None = None,
     token: str | None = None,
     queue_pass: uuid.UUID | None = None,
+    offer: uuid.UUID | None = None,
 ) -> Hold:
     """Hold the best `quantity` free tickets (seat order), all or none (`queue_pass`: as
-    for `reserve_tickets`)."""
+    for `reserve_tickets`). `offer`: the waiting-list entry this hold is offered to (the
+    offerer's; it needs no pass and goes before open sale)."""
     token, token_hash = token_pair(token)
     keyed = _key_arguments(idempotency)
     first = RESERVE_BEST if section is None else RESERVE_BEST_IN_SECTION
@@ -338,6 +366,7 @@ async def reserve_best_available(
                     token_hash,
                     *keyed,
                     queue_pass,
+                    offer,
                 )
             except asyncpg.LockNotAvailableError as busy:
                 await _replay_if_keyed(conn, idempotency, token)
@@ -355,8 +384,10 @@ async def reserve_best_available(
         await _replay_if_keyed(conn, idempotency, token)
         await _refuse_unless_on_sale(conn, event_id, rows)
         if len(rows) == quantity:
-            await _refuse_without_pass(conn, event_id, rows, queue_pass, customer)
             _refuse_over_cap(rows, quantity)
+            if offer is None:
+                _refuse_if_waitlisted(rows, requested=quantity)
+                await _refuse_without_pass(conn, event_id, rows, queue_pass, customer)
         if section is not None and not await conn.fetchval(_SECTION_EXISTS, event_id, section):
             raise UnknownSection(f"the event has no section {section!r}")
     in_section = f" in section {section!r}" if section is not None else ""
@@ -381,10 +412,14 @@ async def _refuse_unless_on_sale(
         return  # it opened since (or no tickets matched): the other checks say why
     start, end = window["sales_start_at"], window["sales_end_at"]
     not_yet = start is not None and await conn.fetchval("SELECT now() < $1", start)
+    window = {
+        name: moment.isoformat()
+        for name, moment in (("sales_start_at", start), ("sales_end_at", end))
+        if moment is not None  # extensions are left out when they do not apply, never null
+    }
     raise SalesClosed(
         f"sales open at {start.isoformat()}" if not_yet else "sales for this event have ended",
-        sales_start_at=start.isoformat() if start is not None else None,
-        sales_end_at=end.isoformat() if end is not None else None,
+        **window,
     )
 
 
@@ -401,6 +436,16 @@ async def _refuse_without_pass(
     if first["queued"] and not first["pass_ok"]:
         raise await explain_refused_pass(
             conn, event_id=event_id, place_id=queue_pass, customer=customer
+        )
+
+
+def _refuse_if_waitlisted(rows: Sequence[Mapping[str, Any]], **extensions: Any) -> None:
+    """409 `tickets-unavailable` when the seats are free but owed to the waiting list."""
+    if rows[0]["waitlisted"]:
+        raise TicketsUnavailable(
+            "this event was sold out and the seats that come back are offered to its waiting "
+            "list first: sign up with POST /events/{id}/waiting-list",
+            **extensions,
         )
 
 
