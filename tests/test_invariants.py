@@ -248,6 +248,35 @@ async def state_change_without_audit(conn: AsyncConnection, scene: Scene) -> Non
     )
 
 
+_USED_PASS = """
+INSERT INTO queue_entries (event_id, customer, lane, rank, status, admitted_at,
+                           pass_expires_at, used_at, reservation_id)
+SELECT r.event_id, coalesce(:customer, r.customer), 1, nextval('queue_arrivals'), 'used',
+       now(), now() + interval '10 minutes', now(), r.id
+FROM reservations r WHERE r.id = :r
+"""
+
+
+async def pass_used_for_another_customers_hold(conn: AsyncConnection, scene: Scene) -> None:
+    await conn.execute(text(_USED_PASS), {"r": scene.held.reservation_id, "customer": "mallory"})
+
+
+async def one_hold_made_with_two_passes(conn: AsyncConnection, scene: Scene) -> None:
+    # One place per customer: the second pass can only be another customer's.
+    await conn.execute(text(_USED_PASS), {"r": scene.held.reservation_id, "customer": None})
+    await conn.execute(text(_USED_PASS), {"r": scene.held.reservation_id, "customer": "eve"})
+
+
+async def offer_made_to_another_customers_hold(conn: AsyncConnection, scene: Scene) -> None:
+    await conn.execute(
+        text(
+            "INSERT INTO waiting_list (event_id, customer, quantity, status, offered_at,"
+            " reservation_id) VALUES (:e, 'mallory', 1, 'offered', now(), :r)"
+        ),
+        {"e": scene.event_id, "r": scene.held.reservation_id},
+    )
+
+
 CASES: list[tuple[Breaker, set[str], str]] = [
     (available_ticket_keeps_its_claim, {"I1"}, "available ticket still carries"),
     (active_hold_lost_a_ticket, {"I1"}, "does not own every one of its tickets"),
@@ -261,6 +290,9 @@ CASES: list[tuple[Breaker, set[str], str]] = [
     (ticket_in_two_live_holds, {"I1", "I5"}, "two reservations that are both live"),
     (last_audit_row_disagrees, {"audit"}, "last audit row does not match"),
     (state_change_without_audit, {"audit"}, "no audit row"),
+    (pass_used_for_another_customers_hold, {"S1"}, "used queue pass names a hold of another"),
+    (one_hold_made_with_two_passes, {"S1"}, "one hold made with two queue passes"),
+    (offer_made_to_another_customers_hold, {"S2"}, "waiting-list offer names a hold"),
 ]
 
 

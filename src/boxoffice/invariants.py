@@ -1,4 +1,5 @@
-"""The invariant checker: I1–I5 of docs/design.md, read from the database in one snapshot.
+"""The invariant checker: I1–I5 of docs/design.md (and S1–S2, the waiting room's passes and
+the waiting list's offers), read from the database in one snapshot.
 
 Tests run it after every concurrency test; the simulator runs it after a rush. Each check is
 a query that returns the offending rows, so a failure says exactly what broke.
@@ -132,6 +133,31 @@ _CHECKS: list[tuple[str, str, str]] = [
         """SELECT t.id FROM tickets t
            WHERE ($1::uuid IS NULL OR t.event_id = $1) AND t.status <> 'available'
              AND NOT EXISTS (SELECT 1 FROM ticket_audit a WHERE a.ticket_id = t.id)""",
+    ),
+    # Selling fairly: a pass or a waiting-list offer went to its own customer's hold, once.
+    # (A hold the retention sweep deleted is no longer there to compare.)
+    (
+        "S1",
+        "a used queue pass names a hold of another event or customer",
+        """SELECT q.id AS place_id, q.reservation_id FROM queue_entries q
+           JOIN reservations r ON r.id = q.reservation_id
+           WHERE ($1::uuid IS NULL OR q.event_id = $1) AND q.status = 'used'
+             AND (r.event_id <> q.event_id OR r.customer_key <> q.customer_key)""",
+    ),
+    (
+        "S1",
+        "one hold made with two queue passes",
+        """SELECT q.reservation_id, count(*) AS passes FROM queue_entries q
+           WHERE ($1::uuid IS NULL OR q.event_id = $1) AND q.status = 'used'
+           GROUP BY q.reservation_id HAVING count(*) > 1""",
+    ),
+    (
+        "S2",
+        "a waiting-list offer names a hold of another event or customer",
+        """SELECT w.id AS entry_id, w.reservation_id FROM waiting_list w
+           JOIN reservations r ON r.id = w.reservation_id
+           WHERE ($1::uuid IS NULL OR w.event_id = $1) AND w.status = 'offered'
+             AND (r.event_id <> w.event_id OR r.customer_key <> w.customer_key)""",
     ),
 ]
 
