@@ -201,11 +201,11 @@ async def test_later_arrivals_are_admitted_in_join_order_at_the_rate(
     assert await tick(db, event_id) == 5
     assert await admission_order(engine, event_id) == customers[:15]
 
-    place = await get_place(
-        db,
-        event_id=event_id,
-        place_id=await join_queue(db, event_id=event_id, customer="last@x.org"),
-    )
+    last = await join_queue(db, event_id=event_id, customer="last@x.org")
+    place = await get_place(db, event_id=event_id, place_id=last)
+    assert (place.status, place.position) == ("waiting", None)  # numbered at the next tick
+    await tick(db, event_id)  # no time passed: admits nobody, numbers the newcomer
+    place = await get_place(db, event_id=event_id, place_id=last)
     assert (place.status, place.position) == ("waiting", 16)
     assert place.estimated_wait_seconds() == 16  # at one a second
     stats = await queue_stats(db, event_id=event_id)

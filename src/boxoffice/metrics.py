@@ -55,6 +55,22 @@ QUEUE_JOINS = Counter("boxoffice_queue_joins_total", "Places taken in the events
 QUEUE_ADMITTED = Counter(
     "boxoffice_queue_admitted_total", "Waiting-room places admitted (passes handed out)"
 )
+# Set by the admitter that leads (the most recent value of a live worker is the truth).
+QUEUE_WAITING = Gauge(
+    "boxoffice_queue_waiting",
+    "Places waiting in the events' waiting rooms (pre-queue included)",
+    multiprocess_mode="livemostrecent",
+)
+QUEUE_ACTIVE_PASSES = Gauge(
+    "boxoffice_queue_active_passes",
+    "Waiting-room passes handed out, unexpired and not used yet",
+    multiprocess_mode="livemostrecent",
+)
+WAITING_LIST_WAITING = Gauge(
+    "boxoffice_waiting_list_waiting",
+    "Buyers on sold-out events' waiting lists",
+    multiprocess_mode="livemostrecent",
+)
 WAITING_LIST_OFFERS = Counter(
     "boxoffice_waiting_list_offers_total",
     "Returned seats held for the next buyer on a sold-out event's waiting list",

@@ -26,6 +26,24 @@ from boxoffice.waitlist.service import offer_returned_seats
 logger = logging.getLogger(__name__)
 
 
+# The gauges count whole tables: every so many ticks is often enough for a dashboard.
+GAUGE_EVERY_TICKS = 10
+_GAUGES = """
+SELECT (SELECT count(*) FROM queue_entries WHERE status = 'waiting') AS waiting,
+       (SELECT count(*) FROM queue_entries
+        WHERE status = 'admitted' AND pass_expires_at > now()) AS active_passes,
+       (SELECT count(*) FROM waiting_list WHERE status = 'waiting') AS waiting_list
+"""
+
+
+async def _publish_gauges(conn: asyncpg.Connection) -> None:
+    row = await conn.fetchrow(_GAUGES)
+    assert row is not None
+    metrics.QUEUE_WAITING.set(row["waiting"])
+    metrics.QUEUE_ACTIVE_PASSES.set(row["active_passes"])
+    metrics.WAITING_LIST_WAITING.set(row["waiting_list"])
+
+
 class Admitter(BackgroundSession):
     application_name = "boxoffice-admitter"
 
@@ -47,7 +65,11 @@ class Admitter(BackgroundSession):
         self.leading.set()
         logger.info("admitter: this worker admits from the waiting rooms")
         interval = self._settings.queue_admit_interval_seconds
+        ticks = 0
         while True:
+            if ticks % GAUGE_EVERY_TICKS == 0:
+                await _publish_gauges(conn)
+            ticks += 1
             for event_id in await events_with_waiting_places(conn):
                 tick = await admit_once(
                     conn,

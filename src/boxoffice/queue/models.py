@@ -71,6 +71,9 @@ class QueueEntry(Base):
     # 0: the pre-queue (joined before sales opened), 1: later arrivals; lane 0 goes first.
     lane: Mapped[int] = mapped_column(SmallInteger)
     rank: Mapped[int | None] = mapped_column(BigInteger)
+    # An arrival's number in its event's lane 1 (1, 2, …, by rank), given by the admitter: what
+    # its position is counted from.
+    ordinal: Mapped[int | None] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(Text, server_default="waiting")
     joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     admitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -98,3 +101,9 @@ class QueueState(Base):
     # The last place admitted, in queue order: a stream behind it is still waiting.
     through_lane: Mapped[int | None] = mapped_column(SmallInteger)
     through_rank: Mapped[int | None] = mapped_column(BigInteger)
+    # Places ranked by the draw, arrivals numbered, and admissions from each lane: a position
+    # is arithmetic on these.
+    drawn_total: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    numbered_total: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    admitted_early: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    admitted_arrivals: Mapped[int] = mapped_column(BigInteger, server_default="0")

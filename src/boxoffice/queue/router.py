@@ -144,8 +144,9 @@ def _message(place: Place, ahead: int | None) -> bytes:
 
 async def _follow(db: Database, feed: QueueFeed, place: Place) -> AsyncIterator[bytes]:
     """The place now, then again each time the admitter moves the queue: arithmetic from the
-    admitter's count while nothing concerns this place, a fresh read when the draw ranked it,
-    the admitter reached it, or the feed reconnected (news may have been missed)."""
+    admitter's count while nothing concerns this place, a fresh read when the admitter gave
+    it a position (the draw, or numbering a new arrival), reached it, or the feed reconnected
+    (news may have been missed)."""
     heartbeat = db.settings.queue_heartbeat_seconds
     generation = feed.generation
     ahead, counted_at = place.ahead, place.admitted_total
@@ -170,20 +171,15 @@ async def _follow(db: Database, feed: QueueFeed, place: Place) -> AsyncIterator[
         if (
             news is None
             or reached
-            or (place.rank is None and news.drawn)
+            or (ahead is None and news.drawn)
             or feed.generation != generation
         ):
             generation = feed.generation
-            place = await service.get_place(
-                db, event_id=place.event_id, place_id=place.id, count_ahead=ahead is None
-            )
-            if place.ahead is not None:
-                ahead, counted_at = place.ahead, place.admitted_total
+            place = await service.get_place(db, event_id=place.event_id, place_id=place.id)
+            ahead, counted_at = place.ahead, place.admitted_total
         elif ahead is not None:
-            # Everyone admitted since the count was ahead of this place (admission is in
-            # queue order and this place still waits).
-            ahead, counted_at = (
-                max(ahead - (news.admitted_total - counted_at), 0),
-                news.admitted_total,
-            )
+            # Everyone admitted since was ahead of this place (admission is in queue order
+            # and this place still waits).
+            ahead = max(ahead - (news.admitted_total - counted_at), 0)
+            counted_at = news.admitted_total
         yield _message(place, ahead)

@@ -125,25 +125,23 @@ SELECT queue_enabled, now() < coalesce(sales_end_at, starts_at) AS selling
 FROM events WHERE id = $1
 """
 
-# A place as its holder sees it: standing, and (waiting and ranked) how many are ahead. For
-# an arrival that is a count over the index of waiting places in queue order, as long as the
-# queue ahead: $3 says whether to pay for it (a stream counts once, then follows the
-# admitter's progress).
+# A place as its holder sees it: standing, and (waiting and numbered) how many are ahead, by
+# arithmetic (an upper bound: some ahead may have left). The pre-queue is ranked 1..N by the
+# draw and goes first; an arrival waits behind what is left of it and behind the arrivals
+# numbered before it that are not admitted yet.
 _PLACE = """
 SELECT q.id, q.event_id, q.customer, q.lane, q.rank, q.joined_at, q.admitted_at,
        q.pass_expires_at, q.used_at, q.reservation_id,
        CASE WHEN q.status = 'admitted' AND q.pass_expires_at <= now() THEN 'expired'
             WHEN q.status = 'waiting' AND q.rank IS NULL THEN 'pre-queue'
             ELSE q.status END AS status,
-       CASE WHEN q.status <> 'waiting' OR q.rank IS NULL THEN NULL
-            -- The draw ranks the pre-queue 1..N and it is admitted first, in that order:
-            -- who is ahead is arithmetic (an upper bound: some ahead may have left).
-            WHEN q.lane = 0 THEN greatest(q.rank - 1 - coalesce(s.admitted_total, 0), 0)
-            WHEN $3 THEN (
-                SELECT count(*) FROM queue_entries o
-                WHERE o.event_id = q.event_id AND o.status = 'waiting' AND o.rank IS NOT NULL
-                  AND (o.lane, o.rank) < (q.lane, q.rank)
-            ) END AS ahead,
+       CASE WHEN q.status <> 'waiting' THEN NULL
+            WHEN q.lane = 0 AND q.rank IS NOT NULL
+                THEN greatest(q.rank - 1 - coalesce(s.admitted_early, 0), 0)
+            WHEN q.lane = 1 AND q.ordinal IS NOT NULL
+                THEN greatest(s.drawn_total - s.admitted_early, 0)
+                     + greatest(q.ordinal - 1 - s.admitted_arrivals, 0)
+       END AS ahead,
        e.sales_start_at, e.queue_admit_per_minute,
        coalesce(s.admitted_total, 0) AS admitted_total,
        CASE WHEN s.last_admitted_at > s.first_admitted_at
@@ -222,11 +220,11 @@ async def join_queue(db: Database, *, event_id: uuid.UUID, customer: str) -> uui
     raise AlreadyQueued("this customer has a place in this queue already; one place per customer")
 
 
-async def get_place(
-    db: Database, *, event_id: uuid.UUID, place_id: uuid.UUID, count_ahead: bool = True
-) -> Place:
+async def get_place(db: Database, *, event_id: uuid.UUID, place_id: uuid.UUID) -> Place:
+    """The place now; `ahead` is None until the admitter numbered a new arrival (within a
+    tick) or drew the pre-queue."""
     async with db.connection() as conn:
-        record = await conn.fetchrow(_PLACE, place_id, event_id, count_ahead)
+        record = await conn.fetchrow(_PLACE, place_id, event_id)
     if record is None:
         raise QueuePlaceNotFound(f"no queue place {place_id} for this event")
     return Place.of(record)
@@ -301,7 +299,7 @@ _NEW_STATE = "INSERT INTO queue_state (event_id) VALUES ($1) ON CONFLICT (event_
 _TICK_STATE = """
 SELECT s.credit, greatest(extract(epoch FROM now() - s.ticked_at), 0) AS elapsed,
        e.queue_admit_per_minute, e.queue_max_shoppers, e.queue_pass_seconds,
-       s.admitted_total
+       s.admitted_total, s.numbered_total
 FROM queue_state s JOIN events e ON e.id = s.event_id
 WHERE s.event_id = $1
 FOR UPDATE OF s
@@ -319,6 +317,16 @@ WITH drawn AS (
 )
 UPDATE queue_entries q SET rank = base.top + drawn.n
 FROM drawn, base WHERE q.id = drawn.id
+"""
+# New arrivals get their numbers, in rank order, after those numbered before.
+_NUMBER = """
+WITH todo AS (
+    SELECT id, row_number() OVER (ORDER BY rank) AS n
+    FROM queue_entries
+    WHERE event_id = $1 AND lane = 1 AND ordinal IS NULL AND status = 'waiting'
+)
+UPDATE queue_entries q SET ordinal = $2 + todo.n
+FROM todo WHERE q.id = todo.id
 """
 # Buyers shopping now: unexpired passes not yet used, and passes whose hold is still live.
 _SHOPPING = """
@@ -348,6 +356,8 @@ RETURNING q.lane, q.rank
 _SAVE_STATE = """
 UPDATE queue_state
 SET credit = $2, ticked_at = now(), admitted_total = admitted_total + $3,
+    drawn_total = drawn_total + $7, numbered_total = numbered_total + $8,
+    admitted_early = admitted_early + $9, admitted_arrivals = admitted_arrivals + $3 - $9,
     drawn_at = CASE WHEN $4 THEN now() ELSE drawn_at END,
     first_admitted_at = CASE WHEN $3 > 0 THEN coalesce(first_admitted_at, now())
                              ELSE first_admitted_at END,
@@ -382,8 +392,9 @@ async def admit_once(
         state = await conn.fetchrow(_TICK_STATE, event_id)
         if state is None:  # the event was deleted
             return Tick(event_id, 0, 0, 0)
-        drawn_status = await conn.execute(_DRAW, event_id)
-        drawn = int(drawn_status.split()[-1])
+        drawn = int((await conn.execute(_DRAW, event_id)).split()[-1])
+        numbered_status = await conn.execute(_NUMBER, event_id, state["numbered_total"])
+        numbered = int(numbered_status.split()[-1])
 
         budget: float | None = None
         credit = float(state["credit"])
@@ -404,15 +415,26 @@ async def admit_once(
             # Nobody left to take what was earned: keep at most a little of it.
             credit = min(credit, max(1.0, rate / 60 * CREDIT_SECONDS))
         last = max(((row["lane"], row["rank"]) for row in admitted), default=(None, None))
+        early = sum(1 for row in admitted if row["lane"] == 0)
         saved = await conn.fetchrow(
-            _SAVE_STATE, event_id, credit, len(admitted), drawn > 0, last[0], last[1]
+            _SAVE_STATE,
+            event_id,
+            credit,
+            len(admitted),
+            drawn > 0,
+            last[0],
+            last[1],
+            drawn,
+            numbered,
+            early,
         )
-        if drawn or admitted:
+        if drawn or numbered or admitted:
             payload = {
                 "event_id": str(event_id),
                 "admitted_total": saved["admitted_total"],
                 "through": [saved["through_lane"], saved["through_rank"]],
-                "drawn": drawn > 0,
+                # Places that had no position have one now: their streams read it.
+                "drawn": drawn > 0 or numbered > 0,
                 "per_minute": rate,
             }
             await conn.fetchval(_NOTIFY, json.dumps(payload))

@@ -10,6 +10,10 @@ buyers shopping at once, and keeps its bookkeeping in `queue_state`. A pass is g
 hold by that customer on that event until `pass_expires_at`; the hold that uses it records
 itself on the place, in the same statement, under the place's row lock.
 
+Positions cost no count: the draw ranks the pre-queue 1..N, and the admitter numbers the
+arrivals 1, 2, … (`ordinal`, in rank order) as they come, so a place's position is its
+number less those admitted before it (`queue_state`'s counters), never a scan of the queue.
+
 Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-06 22:40:00
@@ -67,6 +71,7 @@ def upgrade() -> None:
         ),
         sa.Column("lane", sa.SmallInteger(), nullable=False),
         sa.Column("rank", sa.BigInteger()),
+        sa.Column("ordinal", sa.BigInteger()),
         sa.Column("status", sa.Text(), server_default="waiting", nullable=False),
         sa.Column(
             "joined_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
@@ -130,6 +135,10 @@ def upgrade() -> None:
         sa.Column("last_admitted_at", sa.DateTime(timezone=True)),
         sa.Column("through_lane", sa.SmallInteger()),
         sa.Column("through_rank", sa.BigInteger()),
+        sa.Column("drawn_total", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("numbered_total", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("admitted_early", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("admitted_arrivals", sa.BigInteger(), server_default="0", nullable=False),
         sa.CheckConstraint(
             "admitted_total >= 0", name=op.f("ck_queue_state_admitted_not_negative")
         ),
