@@ -125,6 +125,14 @@ def database_url(databases: Databases) -> str:
     return url
 
 
+def migrated_database(databases: Databases) -> str:
+    """A fresh database of its own, migrated: for tests whose rows no running server may
+    touch (every `serve` of the session's database runs the waiting room's admitter)."""
+    url = databases.create()
+    upgrade(url)
+    return url
+
+
 @pytest_asyncio.fixture(scope="session")
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     """SQLAlchemy, for the tests' own looks at the rows (the service uses `db`)."""

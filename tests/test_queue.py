@@ -6,12 +6,15 @@ clock, moved by the test (sales open, a tick's elapsed time, a pass's expiry).
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import pytest_asyncio
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from boxoffice.config import async_url
 from boxoffice.db import Database
 from boxoffice.errors import QueuePassRequired
 from boxoffice.events.schemas import EventCreate, SectionIn
@@ -30,7 +33,27 @@ from boxoffice.queue.service import (
 )
 from boxoffice.reservations import holder
 from boxoffice.reservations.reserve import reserve_best_available, reserve_tickets
-from tests.conftest import assert_invariants
+from tests.conftest import Databases, assert_invariants, migrated_database, service_db
+
+
+@pytest.fixture(scope="module")
+def database_url(databases: Databases) -> str:
+    """A database of this module's own: no running server's admitter may admit or offer
+    here (the admitter ticks here are the test's own)."""
+    return migrated_database(databases)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(async_url(database_url))
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def db(engine: AsyncEngine) -> Database:
+    return service_db(engine)
+
 
 SECRET = b"queue-test-secret"
 MAIN = SectionIn(name="Main", rows=5, seats_per_row=10, price=2500)

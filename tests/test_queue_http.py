@@ -17,8 +17,9 @@ import asyncpg
 import httpx
 import pytest
 
+from boxoffice.migrate import upgrade
 from boxoffice.queue.service import ADMITTER_LOCK
-from tests.conftest import ADMIN, serving
+from tests.conftest import ADMIN, Databases, serving
 from tests.support.metrics import scrape, value
 from tests.support.problems import assert_problem, bearer
 
@@ -80,9 +81,18 @@ async def follow_until_admitted(client: httpx.AsyncClient, stream_url: str) -> l
 
 
 @pytest.fixture
-async def queue_server(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
+def own_database(databases: Databases) -> str:
+    """A database of this test's own: the admitter's lock is per database, and the worker
+    killed here must be one of this test's server, not of the session's shared one."""
+    url = databases.create()
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+async def queue_server(own_database: str, tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
     """A `serve` of our own (its workers are killed here): base URL and its process id."""
-    with serving(database_url, tmp_path / "serve.log") as served:
+    with serving(own_database, tmp_path / "serve.log") as served:
         yield served.url, served.process.pid
 
 
@@ -259,19 +269,19 @@ async def wait_for_admitter(url: str, *, other_than: int | None = None) -> int:
 
 
 async def test_killing_the_worker_that_admits_hands_admission_to_another(
-    queue_server: tuple[str, int], database_url: str
+    queue_server: tuple[str, int], own_database: str
 ) -> None:
     base_url, serve_pid = queue_server
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         event_id = (await queued_event(client, queue_admit_per_minute=6000))["id"]
-        leader = await wait_for_admitter(database_url)
+        leader = await wait_for_admitter(own_database)
         first = (
             await client.post(f"/events/{event_id}/queue", json={"customer": "f1@x.org"})
         ).json()
         assert (await follow_until_admitted(client, first["stream"]))[-1]["status"] == "admitted"
 
         os.kill(leader, signal.SIGKILL)
-        successor = await wait_for_admitter(database_url, other_than=leader)
+        successor = await wait_for_admitter(own_database, other_than=leader)
         assert successor != leader and successor != serve_pid
 
         # The surviving worker admits the next joiner (retrying the join while the killed

@@ -3,12 +3,15 @@ open sale kept shut while anybody waits. The offerer runs as the admitter calls 
 lapse when the test moves them into the past on the database clock."""
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import pytest_asyncio
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from boxoffice.config import async_url
 from boxoffice.db import Database
 from boxoffice.errors import TicketsUnavailable
 from boxoffice.events.schemas import EventCreate, SectionIn
@@ -25,8 +28,28 @@ from boxoffice.waitlist.service import (
     offer_returned_seats,
     sign_up,
 )
-from tests.conftest import assert_invariants
+from tests.conftest import Databases, assert_invariants, migrated_database, service_db
 from tests.support.expiry import move_expiry_into_the_past
+
+
+@pytest.fixture(scope="module")
+def database_url(databases: Databases) -> str:
+    """A database of this module's own: no running server's admitter may admit or offer
+    here (the offers made here are the test's own)."""
+    return migrated_database(databases)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(async_url(database_url))
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def db(engine: AsyncEngine) -> Database:
+    return service_db(engine)
+
 
 SECRET = b"waitlist-test-secret"
 
