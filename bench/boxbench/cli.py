@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .bench import Bench
-from .common import DEFAULT_OUTPUT, pct, say
+from .common import DEFAULT_OUTPUT, pct, read_text, say
 from .cpu import machine_busy
 from .database import Database, benchmark_database
 from .machine import find_pgbench
 from .plan import WORKLOADS, Plan
 from .report import Report, render
+from .sections import keep_sections
 from .workloads import STEPS
 
 
@@ -132,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         report = asyncio.run(run_benchmarks(plan, database, Path(tmp)))
     text = render(report, started, time.perf_counter() - clock)
+    # Sections other commands wrote (bench/onsale.py's) stay.
+    text = keep_sections(read_text(args.output), text)
     args.output.write_text(text)
     print("\n" + text)
     print(f"bench: wrote {args.output}")

@@ -268,7 +268,16 @@ def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: rich, httpx and the simulator load only for this command, and only the
     # `simulate` extra installs them (the Docker image ships without the simulator at all).
+    from boxoffice.simulate.onsale_args import ONSALE, stray_flags
+
+    if stray := stray_flags(args):
+        print(
+            f"boxoffice simulate: {', '.join(stray)} do(es) not go with `simulate {args.scenario}`",
+            file=sys.stderr,
+        )
+        return 2
     try:
+        from boxoffice.simulate.onsale import main as simulate_onsale
         from boxoffice.simulate.runner import main as simulate
     except ModuleNotFoundError as missing:
         name = missing.name or ""
@@ -283,6 +292,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
 
+    if args.scenario == ONSALE:
+        return simulate_onsale(args, settings)
     return simulate(args, settings)
 
 
@@ -322,10 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument(
         "scenario",
-        choices=["one-ticket", "overlap", "best-available", "mixed"],
+        choices=["one-ticket", "overlap", "best-available", "mixed", "onsale"],
         help="one-ticket: N buyers, one seat · overlap: random multi-seat picks from a small "
         "pool · best-available: N buyers of --quantity · mixed: reserve, then pay, release "
-        "or let expire",
+        "or let expire · onsale: a queued on-sale (waiting room, pre-queue, cap) and a "
+        "scalper, with fairness and rate figures (options below)",
     )
     simulate.add_argument(
         "--url", help="a running server (default: start a private one on an embedded database)"
@@ -334,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-url", help="the server's database, for the invariants (default DATABASE_URL)"
     )
     simulate.add_argument("--admin-token", help="to create the run's event (default ADMIN_TOKEN)")
-    simulate.add_argument("--buyers", type=int, help="buyers (default 100)")
+    simulate.add_argument("--buyers", type=int, help="buyers (default 100; onsale 1000)")
     simulate.add_argument(
         "--concurrency", type=int, help="requests in flight (one-ticket: all buyers; else 32)"
     )
@@ -362,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--json", action="store_true", help="one JSON object, no table")
     simulate.add_argument("--plot", metavar="FILE.png", help="latency and throughput charts")
+    from boxoffice.simulate.onsale_args import add_arguments as add_onsale_arguments
+
+    add_onsale_arguments(simulate)
     simulate.set_defaults(handler=cmd_simulate)
     return parser
 
