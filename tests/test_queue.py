@@ -110,7 +110,9 @@ async def let_time_pass(engine: AsyncEngine, event_id: uuid.UUID, seconds: float
 
 async def tick(db: Database, event_id: uuid.UUID) -> int:
     async with db.connection() as conn:
-        return (await admit_once(conn, event_id=event_id, default_pass_seconds=600)).admitted
+        # Settled at once: these joins committed before the tick (the server waits 2 s).
+        tick = await admit_once(conn, event_id=event_id, default_pass_seconds=600, settle_seconds=0)
+        return tick.admitted
 
 
 async def admission_order(engine: AsyncEngine, event_id: uuid.UUID) -> list[str]:
@@ -401,3 +403,37 @@ async def test_a_customer_whose_pass_ran_out_joins_again_at_the_back(
             customer="again@x.org",
             queue_pass=first,
         )
+
+
+async def test_an_arrival_still_settling_holds_back_those_ranked_after_it(
+    db: Database, engine: AsyncEngine
+) -> None:
+    """The straggler: `first` took its rank before `second` but (as if its join were still
+    committing) is younger than the settling time; `second` must not be admitted ahead."""
+    event_id = await queued_event(db, per_minute=6000)
+    first = await join_queue(db, event_id=event_id, customer="straggler@x.org")
+    second = await join_queue(db, event_id=event_id, customer="quick@x.org")
+    await execute(
+        engine,
+        "UPDATE queue_entries SET joined_at = now() - interval '5 seconds' WHERE id = :p",
+        p=second,
+    )
+
+    async def settled_tick() -> int:
+        async with db.connection() as conn:
+            tick = await admit_once(
+                conn, event_id=event_id, default_pass_seconds=600, settle_seconds=2
+            )
+            return tick.admitted
+
+    await settled_tick()
+    await let_time_pass(engine, event_id, 10)
+    assert await settled_tick() == 0
+    assert (await get_place(db, event_id=event_id, place_id=second)).status == "waiting"
+    await execute(
+        engine,
+        "UPDATE queue_entries SET joined_at = now() - interval '5 seconds' WHERE id = :p",
+        p=first,
+    )
+    assert await settled_tick() == 2
+    assert await admission_order(engine, event_id) == ["straggler@x.org", "quick@x.org"]

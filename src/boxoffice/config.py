@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     queue_pass_seconds: int = Field(default=600, ge=60, le=86_400)
     # How often the admitter (one at a time across workers) draws the pre-queue and admits.
     queue_admit_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    # An arrival is admitted only once it joined this long ago, so that no join with a lower
+    # rank is still committing when it is (longer than any join takes; see queue.service).
+    queue_settle_seconds: float = Field(default=2.0, ge=0, le=60)
     # A queue stream sends a comment this often when nothing happens, so proxies keep it.
     queue_heartbeat_seconds: float = Field(default=15.0, gt=0)
 

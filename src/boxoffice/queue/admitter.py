@@ -75,6 +75,7 @@ class Admitter(BackgroundSession):
                     conn,
                     event_id=event_id,
                     default_pass_seconds=self._settings.queue_pass_seconds,
+                    settle_seconds=self._settings.queue_settle_seconds,
                 )
                 metrics.QUEUE_ADMITTED.inc(tick.admitted)
             try:

@@ -339,14 +339,24 @@ WHERE q.event_id = $1 AND (
     ))
 )
 """
-# The next places in queue order become passes.
+# The next places in queue order become passes: the drawn pre-queue, then the arrivals up to
+# (not including) the first that joined less than $4 seconds ago. An arrival's rank comes
+# from a sequence when its join runs, but its row is seen only when the join commits: two
+# joins a moment apart can commit in the other order. Admitting only arrivals older than any
+# join takes to commit means a lower rank is never still on its way when a higher one is
+# admitted (bench/onsale.py saw 17 of 90,000 overtaken without it).
 _ADMIT = """
-WITH next AS (
-    SELECT id FROM queue_entries
-    WHERE event_id = $1 AND status = 'waiting' AND rank IS NOT NULL
-    ORDER BY lane, rank
+WITH settling AS (
+    SELECT coalesce(min(rank), 9223372036854775807) AS rank FROM queue_entries
+    WHERE event_id = $1 AND status = 'waiting' AND lane = 1
+      AND joined_at > now() - make_interval(secs => $4)
+), next AS (
+    SELECT q.id FROM queue_entries q, settling
+    WHERE q.event_id = $1 AND q.status = 'waiting' AND q.rank IS NOT NULL
+      AND (q.lane = 0 OR q.rank < settling.rank)
+    ORDER BY q.lane, q.rank
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF q SKIP LOCKED
 )
 UPDATE queue_entries q
 SET status = 'admitted', admitted_at = now(), pass_expires_at = now() + make_interval(secs => $3)
@@ -382,7 +392,11 @@ async def events_with_waiting_places(conn: asyncpg.Connection) -> list[uuid.UUID
 
 
 async def admit_once(
-    conn: asyncpg.Connection, *, event_id: uuid.UUID, default_pass_seconds: int
+    conn: asyncpg.Connection,
+    *,
+    event_id: uuid.UUID,
+    default_pass_seconds: int,
+    settle_seconds: float,
 ) -> Tick:
     """One tick of one event's waiting room, in one transaction: draw the pre-queue if sales
     opened, admit as many places as the rate and the cap on shoppers allow, and tell the
@@ -409,7 +423,11 @@ async def admit_once(
             budget = free_slots if budget is None else min(budget, free_slots)
         wanted = max(int(budget or 0), 0)
         pass_seconds = state["queue_pass_seconds"] or default_pass_seconds
-        admitted = await conn.fetch(_ADMIT, event_id, wanted, pass_seconds) if wanted else []
+        admitted = (
+            await conn.fetch(_ADMIT, event_id, wanted, pass_seconds, settle_seconds)
+            if wanted
+            else []
+        )
         if rate is not None:
             credit -= len(admitted)
             # Nobody left to take what was earned: keep at most a little of it.
