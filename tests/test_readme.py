@@ -67,6 +67,42 @@ def check_walkthrough(base_url: str) -> None:
     assert seed_reserve["message"] and seed_reserve["status"] == "reserved"
 
 
+@pytest.mark.system
+def test_readme_waiting_room_example_makes_a_queued_event(
+    databases: Databases, tmp_path: Path
+) -> None:
+    section = README.read_text().split("### Selling fairly", 1)[1]
+    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert match, "the README lost its waiting-room example"
+    url = databases.create("boxoffice_readme")
+    upgrade(url)
+    with running_server(url, tmp_path / "server.log") as base_url:
+        script = re.sub(r"^BASE=\S+;", f"BASE={base_url};", match.group(1), count=1, flags=re.M)
+        script = script.replace("$(cat .boxoffice/admin_token)", ADMIN_TOKEN)
+        completed = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr + completed.stdout
+        page = completed.stdout.strip().replace("http://127.0.0.1:8000", base_url)
+        event_id = page.rsplit("/", 1)[1]
+        event = json.loads(
+            subprocess.run(
+                ["curl", "-s", f"{base_url}/events/{event_id}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        assert event["queue_enabled"] and not event["on_sale"]
+        assert event["max_tickets_per_customer"] == 4 and event["ticket_count"] == 96
+        shop = subprocess.run(["curl", "-s", page], capture_output=True, text=True, check=True)
+        assert "Sales open" in shop.stdout
+
+
 @pytest.mark.parametrize("command", ["./scripts/serve", "./scripts/test"])
 def test_readme_names_the_two_commands(command: str) -> None:
     text = README.read_text()

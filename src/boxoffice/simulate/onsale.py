@@ -123,9 +123,13 @@ PROTECTED_LIMITS = {
 LIMITS_OFF = {"RATE_LIMIT_RESERVATIONS_PER_MINUTE": "0", "RATE_LIMIT_QUEUE_PER_MINUTE": "0"}
 
 # What each kind of request may answer besides an error (`status` or `status problem`).
+# A 503 (every pool connection busy at that moment) is what a saturated server answers,
+# with Retry-After: joins and polls wait that long and ask again, as a real client does, and
+# the figures count them.
+RETRIED = "503 service-unavailable"
 EXPECTED: dict[str, frozenset[str]] = {
-    "join": frozenset({"201"}),
-    "poll": frozenset({"200"}),
+    "join": frozenset({"201", RETRIED}),
+    "poll": frozenset({"200", RETRIED}),
     "stream": frozenset({"200"}),
     "reserve": frozenset(
         {
@@ -300,9 +304,11 @@ class Call:
 
     @property
     def unexpected(self) -> bool:
-        if self.status is None or self.status >= 500:
+        if self.status is None:
             return True
         expected = EXPECTED.get(self.kind, frozenset())
+        if self.status >= 500:
+            return self.outcome not in expected
         return str(self.status) not in expected and self.outcome not in expected
 
 
@@ -362,7 +368,12 @@ class Wire:
         http = await self.free.get()
         started = time.perf_counter()
         try:
-            response = await http.request(method, path, json=body, headers=headers)
+            try:
+                response = await http.request(method, path, json=body, headers=headers)
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # A slot idle for longer than the server's HEADER_TIMEOUT_SECONDS had its
+                # connection closed by the server just as it was reused: once more, on a new one.
+                response = await http.request(method, path, json=body, headers=headers)
         except httpx.HTTPError as error:
             call = Call(
                 kind,
@@ -560,13 +571,17 @@ class Rush:
             await self.buy(buyer)
 
     async def join(self, buyer: Buyer) -> bool:
-        call, body, _ = await self.joins.send(
-            "join",
-            "POST",
-            f"/events/{self.event_id}/queue",
-            address=buyer.address,
-            body={"customer": buyer.customer},
-        )
+        while True:
+            call, body, retry = await self.joins.send(
+                "join",
+                "POST",
+                f"/events/{self.event_id}/queue",
+                address=buyer.address,
+                body={"customer": buyer.customer},
+            )
+            if call.outcome != RETRIED:
+                break
+            await asyncio.sleep(retry)
         buyer.join_sent, buyer.join_answered = call.started, call.started + call.latency
         if call.status != 201 or not isinstance(body, dict):
             buyer.outcome = f"join {call.outcome}"
@@ -602,7 +617,7 @@ class Rush:
                 address=buyer.address,
                 token=buyer.token,
             )
-            if call.status == 429:
+            if call.status == 429 or call.outcome == RETRIED:
                 wait = retry
                 continue
             if call.status != 200 or not isinstance(body, dict):
