@@ -17,8 +17,8 @@ import asyncpg
 import httpx
 import pytest
 
+from boxoffice.live.relay import RELAY_LOCK
 from boxoffice.migrate import upgrade
-from boxoffice.queue.service import ADMITTER_LOCK
 from tests.conftest import ADMIN, Databases, serving
 from tests.support.metrics import scrape, value
 from tests.support.problems import assert_problem, bearer
@@ -92,7 +92,8 @@ def own_database(databases: Databases) -> str:
 @pytest.fixture
 async def queue_server(own_database: str, tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
     """A `serve` of our own (its workers are killed here): base URL and its process id."""
-    with serving(own_database, tmp_path / "serve.log") as served:
+    # Beside the session's server: a small pool keeps both inside PostgreSQL's connections.
+    with serving(own_database, tmp_path / "serve.log", POOL_SIZE="4") as served:
         yield served.url, served.process.pid
 
 
@@ -242,17 +243,19 @@ async def test_an_unqueued_event_and_bad_input_are_refused_cleanly(
 
 
 async def admitter_pid(url: str) -> int | None:
-    """The worker whose admitter holds the lock, from pg_locks (a bigint advisory key is
-    classid: its high 32 bits, objid: its low 32)."""
+    """The worker that admits: the one whose relay holds the relay's lock in this database
+    (pg_locks shows every database's), from pg_locks (a bigint advisory key is classid: its
+    high 32 bits, objid: its low 32)."""
     conn = await asyncpg.connect(url)
     try:
         name = await conn.fetchval(
             """
             SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
             WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1 AND l.objid = $2
+              AND a.datname = current_database()
             """,
-            ADMITTER_LOCK >> 32,
-            ADMITTER_LOCK & 0xFFFFFFFF,
+            RELAY_LOCK >> 32,
+            RELAY_LOCK & 0xFFFFFFFF,
         )
     finally:
         await conn.close()

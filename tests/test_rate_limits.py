@@ -281,6 +281,9 @@ def limited_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) 
         log,
         RATE_LIMIT_RESERVATIONS_PER_MINUTE=str(PER_MINUTE),
         RATE_LIMIT_RESERVATIONS_BURST=str(BURST),
+        # It runs beside the session's server: together they stay well inside the embedded
+        # PostgreSQL's 100 connections.
+        POOL_SIZE="4",
     ) as url:
         yield url
 

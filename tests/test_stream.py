@@ -264,7 +264,7 @@ async def test_changes_made_while_the_relay_is_down_are_sent_when_it_is_back(
             found = await conn.execute(
                 text(
                     "SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid"
-                    " WHERE a.application_name = 'boxoffice-relay' AND l.locktype = 'advisory'"
+                    " WHERE a.application_name LIKE 'boxoffice-relay/%' AND l.locktype = 'advisory'"
                     " AND a.datname = current_database()"
                 )
             )
@@ -277,7 +277,8 @@ async def test_changes_made_while_the_relay_is_down_are_sent_when_it_is_back(
             await conn.execute(
                 text(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE application_name = 'boxoffice-relay' AND datname = current_database()"
+                    " WHERE application_name LIKE 'boxoffice-relay/%'"
+                    " AND datname = current_database()"
                 )
             )
         await reserve(client, event["id"], seats[:2])

@@ -606,7 +606,7 @@ async def test_a_change_repeated_in_one_relay_batch_still_arrives(
         await conn.execute(
             text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = 'boxoffice-relay' AND datname = current_database()"
+                " WHERE application_name LIKE 'boxoffice-relay/%' AND datname = current_database()"
             )
         )
         await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": RELAY_LOCK})

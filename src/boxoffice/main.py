@@ -31,6 +31,7 @@ from boxoffice.problems import install_error_handlers, install_problem_schema
 from boxoffice.queue.admitter import Admitter
 from boxoffice.queue.feed import QueueFeed
 from boxoffice.queue.router import router as queue_router
+from boxoffice.queue.service import CHANNEL as QUEUE_CHANNEL
 from boxoffice.reservations.router import router as reservations_router
 from boxoffice.supervision import watch_parent
 from boxoffice.tickets.router import router as tickets_router
@@ -93,22 +94,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         assert settings.database_url is not None
         feed = TicketFeed(settings.database_url)
         app.state.ticket_feed = feed
-        relay = ChangeRelay(settings.database_url)
-        queue_feed = QueueFeed(settings.database_url)
+        queue_feed = QueueFeed()
         app.state.queue_feed = queue_feed
+        feed.listen_also(QUEUE_CHANNEL, queue_feed.hear, queue_feed.reconnected)
         admitter = Admitter(settings, db)
-        app.state.admitter = admitter
+        relay = ChangeRelay(
+            settings.database_url, leader_work=admitter.tick, every=admitter.interval
+        )
         feed.start()
         relay.start()
-        queue_feed.start()
-        admitter.start()
         _end_streams_on_stop_signal(feed)
         watch_parent()  # a worker of `serve --workers N` stops when its parent is gone
         try:
             yield
         finally:
-            await admitter.stop()
-            await queue_feed.stop()
             await relay.stop()
             await feed.stop()
             for task in tasks:

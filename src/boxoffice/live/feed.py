@@ -20,6 +20,7 @@ import json
 import logging
 import uuid
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -123,6 +124,16 @@ class TicketFeed(BackgroundSession):
         self._snapshots = snapshots
         self._snapshot_db: Database | None = None
         self.connected = asyncio.Event()
+        # Other channels heard on this same session (the waiting room's), so they cost no
+        # connection of their own: channel -> (what hears a payload, what hears a reconnect).
+        self._also: dict[str, tuple[Callable[[str], None], Callable[[], None]]] = {}
+
+    def listen_also(
+        self, channel: str, hear: Callable[[str], None], reconnected: Callable[[], None]
+    ) -> None:
+        """Hand `channel`'s payloads to `hear` too; `reconnected` after each (re)connection,
+        since what was sent while nobody listened was never heard. Call before `start`."""
+        self._also[channel] = (hear, reconnected)
 
     def open(
         self, event_id: uuid.UUID, *, client: str, settings: Settings
@@ -190,6 +201,11 @@ class TicketFeed(BackgroundSession):
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         await conn.add_listener(CHANNEL, self._on_notification)
+        for channel, (hear, reconnected) in self._also.items():
+            await conn.add_listener(
+                channel, lambda _conn, _pid, _channel, payload, hear=hear: hear(payload)
+            )
+            reconnected()
         # Changes made while we were not listening were never heard: start everyone over.
         self._resync_all()
         self.connected.set()

@@ -4,10 +4,13 @@ Buyers' transactions only insert into `ticket_changes` (migration 0005 explains 
 not NOTIFY themselves). One relay per database sends those rows: every worker runs one, and
 the one holding a session advisory lock works while the others wait to take over if it dies.
 A row is deleted in the same transaction that notifies it, so a change is announced once:
-if the relay dies mid-batch, the batch rolls back and the next relay sends it.
+if the relay dies mid-batch, the batch rolls back and the next relay sends it. The leading
+relay also runs the waiting room's admitter (boxoffice.queue.admitter) on its session.
 """
 
 import asyncio
+import os
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -43,7 +46,22 @@ _NOTIFY = f"SELECT count(pg_notify('{CHANNEL}', payload)) FROM unnest($1::text[]
 
 
 class ChangeRelay(BackgroundSession):
-    application_name = "boxoffice-relay"
+    """`leader_work`, every `every` seconds: what else one worker at a time does on this
+    session while it holds the lock (the waiting room's admitter), so that job costs no
+    connection of its own in every worker."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        leader_work: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+        every: float = 1.0,
+    ) -> None:
+        super().__init__(database_url)
+        # Which worker leads, as pg_stat_activity shows it (a drill kills that one).
+        self.application_name = f"boxoffice-relay/{os.getpid()}"
+        self._leader_work = leader_work
+        self._every = every
 
     async def serve(self, conn: asyncpg.Connection) -> None:
         # Another worker relays while it holds the lock; take over when it is gone. (Polling:
@@ -51,8 +69,14 @@ class ChangeRelay(BackgroundSession):
         # session, as the worker does on any error or exit, releases the lock.
         while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):  # noqa: ASYNC110
             await asyncio.sleep(RECONNECT_SECONDS)
+        loop = asyncio.get_running_loop()
+        work_due = loop.time()
         while True:
-            if await relay_once(conn) < BATCH:
+            relayed = await relay_once(conn)
+            if self._leader_work is not None and loop.time() >= work_due:
+                await self._leader_work(conn)
+                work_due = loop.time() + self._every
+            if relayed < BATCH:
                 await asyncio.sleep(POLL_SECONDS)
 
 

@@ -1,15 +1,14 @@
-"""Each worker hears the admitter's progress (LISTEN) and wakes its queue streams."""
+"""Each worker hears the admitter's progress and wakes its queue streams.
+
+The notifications arrive on the live feed's session (`TicketFeed.listen_also`): a worker
+listens on one connection for both."""
 
 import asyncio
 import json
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
-import asyncpg
-
-from boxoffice.live.session import BackgroundSession
 from boxoffice.queue.service import CHANNEL
 
 logger = logging.getLogger(__name__)
@@ -26,11 +25,8 @@ class Progress:
     generation: int
 
 
-class QueueFeed(BackgroundSession):
-    application_name = "boxoffice-queue-feed"
-
-    def __init__(self, database_url: str) -> None:
-        super().__init__(database_url)
+class QueueFeed:
+    def __init__(self) -> None:
         self._latest: dict[uuid.UUID, Progress] = {}
         self._signals: dict[uuid.UUID, asyncio.Event] = {}
         self.generation = 0
@@ -42,17 +38,10 @@ class QueueFeed(BackgroundSession):
     def latest(self, event_id: uuid.UUID) -> Progress | None:
         return self._latest.get(event_id)
 
-    async def serve(self, conn: asyncpg.Connection) -> None:
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _conn: lost.set())
-        await conn.add_listener(CHANNEL, self._on_notification)
-        # What was said while we were not listening was never heard: everyone looks again.
+    def reconnected(self) -> None:
+        """What was said while nobody listened was never heard: everyone looks again."""
         self.generation += 1
         self._wake_all()
-        await lost.wait()
-
-    def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        self.hear(payload)
 
     def hear(self, payload: str) -> None:
         try:

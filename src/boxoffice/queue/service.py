@@ -29,8 +29,6 @@ from boxoffice.errors import (
 )
 
 CHANNEL = "queue_changes"
-# The admitter's session advisory lock ("bxqueue" in ASCII): one admitter per database.
-ADMITTER_LOCK = 0x62787175_657565
 # Unspent admissions carried from one tick to the next while nobody waits, at most this many
 # seconds' worth: a queue that empties and fills again does not let a burst through.
 CREDIT_SECONDS = 2.0
