@@ -164,6 +164,15 @@ def service_db(engine: AsyncEngine) -> Database:
     return _service_pools[key]
 
 
+async def close_service_db(engine: AsyncEngine) -> None:
+    """Close the service pool of `engine`'s database now (a module's own database, at the
+    module's end: its connections must not stay open beside the session's servers')."""
+    url = engine.url.render_as_string(hide_password=False).replace("+asyncpg", "")
+    pool = _service_pools.pop((url, id(asyncio.get_running_loop())), None)
+    if pool is not None:
+        await pool.close()
+
+
 @pytest_asyncio.fixture(scope="session")
 async def db(engine: AsyncEngine) -> AsyncIterator[Database]:
     yield service_db(engine)

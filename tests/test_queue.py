@@ -33,7 +33,13 @@ from boxoffice.queue.service import (
 )
 from boxoffice.reservations import holder
 from boxoffice.reservations.reserve import reserve_best_available, reserve_tickets
-from tests.conftest import Databases, assert_invariants, migrated_database, service_db
+from tests.conftest import (
+    Databases,
+    assert_invariants,
+    close_service_db,
+    migrated_database,
+    service_db,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +57,9 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def db(engine: AsyncEngine) -> Database:
-    return service_db(engine)
+async def db(engine: AsyncEngine) -> AsyncIterator[Database]:
+    yield service_db(engine)
+    await close_service_db(engine)
 
 
 SECRET = b"queue-test-secret"

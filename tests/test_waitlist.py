@@ -28,7 +28,13 @@ from boxoffice.waitlist.service import (
     offer_returned_seats,
     sign_up,
 )
-from tests.conftest import Databases, assert_invariants, migrated_database, service_db
+from tests.conftest import (
+    Databases,
+    assert_invariants,
+    close_service_db,
+    migrated_database,
+    service_db,
+)
 from tests.support.expiry import move_expiry_into_the_past
 
 
@@ -47,8 +53,9 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def db(engine: AsyncEngine) -> Database:
-    return service_db(engine)
+async def db(engine: AsyncEngine) -> AsyncIterator[Database]:
+    yield service_db(engine)
+    await close_service_db(engine)
 
 
 SECRET = b"waitlist-test-secret"
