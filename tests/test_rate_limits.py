@@ -128,7 +128,14 @@ async def test_racing_checks_of_one_client_allow_exactly_the_burst(database_url:
     """50 checks at once from two pools (two workers, as far as the database can tell)."""
     # Waits for the bucket's row lock long enough that no check is refused for contention
     # (that case has its own test): exactly the burst may pass, never more.
-    settings = Settings(database_url=database_url, lock_timeout_ms=10_000, pool_size=25)
+    # Sixteen connections race: the session's servers hold most of the embedded PostgreSQL's
+    # 100, and the checks beyond them wait for a connection, then race the same way.
+    settings = Settings(
+        database_url=database_url,
+        lock_timeout_ms=10_000,
+        pool_size=8,
+        pool_timeout_seconds=30,
+    )
     pools = [Database(settings), Database(settings)]
     key = new_key()
     try:
