@@ -42,7 +42,8 @@ def keyed_available() -> bool:
 def _bound(statement: str, tickets: str, *, keyed: bool) -> str:
     """A reservation statement with its parameters bound: $1 event, $2 chosen tickets (NULL,
     no section, for best available), $3 how many, $4 customer, $5 token hash, $6-$8 the
-    key's scope, hash and request hash (NULL without a key)."""
+    key's scope, hash and request hash (NULL without a key), $9 the queue pass and $10 the
+    waiting-list offer (NULL: the bench's events have neither a waiting room nor a list)."""
     values = {
         1: ":event_id",
         2: tickets,
@@ -52,6 +53,8 @@ def _bound(statement: str, tickets: str, *, keyed: bool) -> str:
         6: ":scope" if keyed else _NULL,
         7: f"({_KEY_HASH})" if keyed else _NULL,
         8: ":request_hash" if keyed else _NULL,
+        9: _NULL,
+        10: _NULL,
     }
     return _PARAMETER.sub(lambda match: values[int(match.group(1))], statement).strip() + ";"
 
