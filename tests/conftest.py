@@ -160,7 +160,11 @@ def service_db(engine: AsyncEngine) -> Database:
     url = engine.url.render_as_string(hide_password=False).replace("+asyncpg", "")
     key = (url, id(asyncio.get_running_loop()))
     if key not in _service_pools:
-        _service_pools[key] = Database(Settings(database_url=url, admin_token=ADMIN_TOKEN))
+        # A pool of 10: racing tests queue for it (for up to POOL_TIMEOUT_SECONDS) rather
+        # than hold 20 of PostgreSQL's connections for the rest of the session.
+        _service_pools[key] = Database(
+            Settings(database_url=url, admin_token=ADMIN_TOKEN, pool_size=10)
+        )
     return _service_pools[key]
 
 
@@ -225,6 +229,9 @@ def serving(
             # Rate limits off: the tests send thousands of requests from 127.0.0.1. Tests of
             # the limits (tests/test_rate_limits.py) set their own through `env`.
             **RATE_LIMITS_OFF,
+            # Several servers run at once beside the tests' own pools, all on one PostgreSQL
+            # of 100 connections: 10 per worker is plenty for the tests' loads.
+            "POOL_SIZE": "10",
             **env,
         },
         log_path=log_path,
