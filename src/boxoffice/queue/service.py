@@ -9,8 +9,6 @@ joined before sales opened, ranked by a random draw when they open) before the l
 arrivals (lane 1, ranked as they join).
 """
 
-import hashlib
-import hmac
 import json
 import uuid
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from boxoffice.errors import (
     QueuePassRequired,
     SalesClosed,
 )
+from boxoffice.signed_ids import sign_id, signed_id_of
 
 CHANNEL = "queue_changes"
 # Unspent admissions carried from one tick to the next while nobody waits, at most this many
@@ -54,26 +53,17 @@ class QueuePlaceNotFound(NotFound):
 # --- tokens ------------------------------------------------------------------------------------
 
 
-def _signature(secret: bytes, place_id: uuid.UUID) -> str:
-    digest = hmac.new(secret, b"queue-place:" + place_id.bytes, hashlib.sha256).digest()
-    return digest[:16].hex()
+_PLACE_TOKEN = b"queue-place"
 
 
 def place_token(secret: bytes, place_id: uuid.UUID) -> str:
     """The place's token: its id and the server's signature of it (`<id>.<signature>`)."""
-    return f"{place_id.hex}.{_signature(secret, place_id)}"
+    return sign_id(secret, _PLACE_TOKEN, place_id)
 
 
 def place_of_token(secret: bytes, token: str) -> uuid.UUID | None:
     """The place a token names, if the server signed it; None for anything else."""
-    place_hex, _, signature = token.partition(".")
-    try:
-        place_id = uuid.UUID(hex=place_hex)
-    except ValueError:
-        return None
-    if len(place_hex) != 32 or not hmac.compare_digest(signature, _signature(secret, place_id)):
-        return None
-    return place_id
+    return signed_id_of(secret, _PLACE_TOKEN, token)
 
 
 def pass_of(secret: bytes, queue_pass: str | None) -> uuid.UUID | None:

@@ -216,7 +216,8 @@ RESERVE_BEST_INCLUDING_EXPIRED = f"WITH locked AS ({_LOCK_BEST_INCLUDING_EXPIRED
 _SALES_WINDOW = """
 SELECT sales_start_at, nullif(coalesce(sales_end_at, starts_at), 'infinity') AS sales_end_at,
        now() >= coalesce(sales_start_at, '-infinity')
-       AND now() < coalesce(sales_end_at, starts_at) AS open
+       AND now() < coalesce(sales_end_at, starts_at) AS open,
+       now() < sales_start_at AS not_yet
 FROM events WHERE id = $1
 """
 _SECTION_EXISTS = "SELECT 1 FROM tickets WHERE event_id = $1 AND section = $2 LIMIT 1"
@@ -411,15 +412,15 @@ async def _refuse_unless_on_sale(
     if window["open"]:
         return  # it opened since (or no tickets matched): the other checks say why
     start, end = window["sales_start_at"], window["sales_end_at"]
-    not_yet = start is not None and await conn.fetchval("SELECT now() < $1", start)
-    window = {
+    not_yet = bool(window["not_yet"])
+    bounds = {
         name: moment.isoformat()
         for name, moment in (("sales_start_at", start), ("sales_end_at", end))
         if moment is not None  # extensions are left out when they do not apply, never null
     }
     raise SalesClosed(
         f"sales open at {start.isoformat()}" if not_yet else "sales for this event have ended",
-        **window,
+        **bounds,
     )
 
 

@@ -7,8 +7,6 @@ hold whose token is the entry's token: the buyer reads and pays for it like any 
 it lapses unpaid its seats go to the next entry.
 """
 
-import hashlib
-import hmac
 import logging
 import uuid
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from boxoffice.errors import (
     TicketsUnavailable,
 )
 from boxoffice.reservations.reserve import reserve_best_available
+from boxoffice.signed_ids import sign_id, signed_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +45,16 @@ class WaitingListEntryNotFound(NotFound):
     title = "Waiting-list entry not found"
 
 
+_ENTRY_TOKEN = b"waiting-list"
+
+
 def entry_token(secret: bytes, entry_id: uuid.UUID) -> str:
     """The entry's token, `<id>.<signature>`; an offer's hold takes it as its own token."""
-    digest = hmac.new(secret, b"waiting-list:" + entry_id.bytes, hashlib.sha256).digest()
-    return f"{entry_id.hex}.{digest[:16].hex()}"
+    return sign_id(secret, _ENTRY_TOKEN, entry_id)
 
 
 def token_names(secret: bytes, token: str, entry_id: uuid.UUID) -> bool:
-    return hmac.compare_digest(token, entry_token(secret, entry_id))
+    return signed_id_of(secret, _ENTRY_TOKEN, token) == entry_id
 
 
 # Open to a sign-up while the event is on sale and has nothing free (counting lapsed holds
