@@ -46,6 +46,12 @@ TABLES = {
     "queue_entries",
     "queue_state",
     "waiting_list",
+    "payments",
+    "payment_notifications",
+    "issued_tickets",
+    "scanners",
+    "outbox_messages",
+    "audit_log",
 }
 ENUMS = {"ticket_status", "reservation_status"}
 CHECK_VIOLATION = "23514"

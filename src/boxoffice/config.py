@@ -124,6 +124,35 @@ class Settings(BaseSettings):
     # A queue stream sends a comment this often when nothing happens, so proxies keep it.
     queue_heartbeat_seconds: float = Field(default=15.0, gt=0)
 
+    # Payments (boxoffice.payments; docs/operations.md, "Payments"). `test` pays without
+    # money through its own checkout page; only with it may a client confirm a hold directly.
+    payment_provider: Literal["test", "stripe"] = "test"
+    # Signs the `test` provider's notifications; unset, derived from SERVER_SECRET.
+    test_payment_secret: str | None = Field(default=None, min_length=16)
+    # A notification signed longer ago than this is refused (a replayed old one).
+    payment_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=86_400)
+    stripe_api_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    # Where the Stripe package sends its API calls; the tests point it at a local stand-in.
+    stripe_api_base: str | None = None
+    # How often the refunder asks providers to pay back money that booked nothing.
+    refund_interval_seconds: float = Field(default=2.0, gt=0, le=3600)
+
+    # Links in e-mails and the providers' return addresses start with this.
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    # E-mail (boxoffice.mail): smtp://user:password@host:port (smtps:// for TLS from the
+    # start; smtp:// upgrades with STARTTLS when the server offers it). Unset, messages are
+    # written as .eml files under MAIL_DIR (default: the data folder's `mail/`).
+    smtp_url: str | None = None
+    mail_from: str = "boxoffice <tickets@boxoffice.invalid>"
+    mail_dir: Path | None = None
+    # How often each worker's sender looks for owed e-mail (it is also woken by each sale).
+    outbox_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+    # Buyers who lost their booking link may ask for it again (POST /bookings/lookup).
+    rate_limit_lookup_per_minute: int = Field(default=5, ge=0, le=1_000_000)
+    rate_limit_lookup_burst: int = Field(default=5, ge=0, le=1_000_000)
+
     @model_validator(mode="after")
     def _url_from_postgres_vars(self) -> "Settings":
         if self.database_url is None and self.postgres_host:
@@ -146,6 +175,15 @@ class Settings(BaseSettings):
     @property
     def uses_embedded_database(self) -> bool:
         return self.database_url is None
+
+    @property
+    def allows_direct_confirm(self) -> bool:
+        """A client's word books a hold only when no money can be involved."""
+        return self.payment_provider == "test"
+
+    @property
+    def mail_folder(self) -> Path:
+        return self.mail_dir if self.mail_dir is not None else self.data_dir / "mail"
 
 
 def async_url(url: str) -> str:

@@ -111,6 +111,76 @@ class QueuePassRequired(Forbidden):
     title = "A queue pass is required"
 
 
+class EventCancelled(Conflict):
+    slug = "event-cancelled"
+    title = "The event was cancelled"
+
+
+class EventHasSales(Conflict):
+    """Only an event that never sold a ticket may be deleted; cancel one that did."""
+
+    slug = "event-has-sales"
+    title = "The event has sold tickets"
+
+
+class PaymentRequired(Forbidden):
+    """With a real payment provider a hold is booked by the provider's notification only."""
+
+    slug = "payment-required"
+    title = "Pay through the checkout"
+
+
+class BookingNotFound(NotFound):
+    """Also the answer to a wrong booking secret."""
+
+    slug = "booking-not-found"
+    title = "Booking not found"
+
+
+class BookingCancelled(Conflict):
+    slug = "booking-cancelled"
+    title = "The booking was cancelled"
+
+
+class PaymentNotFound(NotFound):
+    """A notification for a payment we never created (or another provider's)."""
+
+    slug = "payment-not-found"
+    title = "Payment not found"
+
+
+class InvalidSignature(BoxofficeError):
+    """A payment notification whose signature does not verify, or that is too old."""
+
+    status = 400
+    slug = "invalid-signature"
+    title = "The notification's signature is not valid"
+
+
+class PaymentMismatch(InvalidRequest):
+    """A notification whose amount or currency is not the payment's."""
+
+    slug = "payment-mismatch"
+    title = "The notification does not match the payment"
+
+
+class TicketCodeNotFound(NotFound):
+    slug = "ticket-not-found"
+    title = "No such ticket"
+
+
+class AlreadyCheckedIn(Conflict):
+    slug = "already-checked-in"
+    title = "Already checked in"
+
+
+class WrongEvent(Conflict):
+    """A valid ticket, but for another event: the door can send its holder on."""
+
+    slug = "wrong-event"
+    title = "The ticket is for another event"
+
+
 class TooManyRequests(BoxofficeError):
     """The client exceeded a rate limit; `retry_after` seconds until it may try again."""
 

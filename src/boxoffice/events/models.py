@@ -58,3 +58,5 @@ class Event(Base):
     queue_admit_per_minute: Mapped[int | None] = mapped_column(Integer)
     queue_max_shoppers: Mapped[int | None] = mapped_column(Integer)
     queue_pass_seconds: Mapped[int | None] = mapped_column(Integer)
+    # A cancelled event sells nothing more; its holds were released, its bookings refunded.
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -51,7 +51,7 @@ ORDER BY t.position
 
 _BOOKING = """
 SELECT id, reservation_id, event_id, customer, payment_reference, total_minor, currency,
-       created_at
+       created_at, code, status
 FROM bookings
 WHERE reservation_id = $1
 """
@@ -64,8 +64,13 @@ ORDER BY t.id
 FOR UPDATE
 """
 
-# $1 reservation, $2 event, $3 customer, $4 payment reference, $5 the locked ticket ids.
-_BOOK = """
+# Books the locked tickets for the reservation, in one statement (one round trip):
+# the booking (with its human code), the tickets, their secret codes, the payment that paid
+# and the e-mail owed. $1 reservation, $2 event, $3 customer, $4 the booking's payment
+# reference, $5 the locked ticket ids, $6 the payment that paid (NULL: a direct confirm,
+# which records a `test` payment for the client's reference). A hold paid after it lapsed
+# books tickets that may be `available` again: each audit row says where it came from.
+BOOK = """
 WITH booking AS (
     INSERT INTO bookings (reservation_id, event_id, customer, payment_reference, total_minor,
                           currency)
@@ -73,18 +78,40 @@ WITH booking AS (
            (SELECT coalesce(sum(price_minor), 0) FROM tickets WHERE id = ANY($5::bigint[])),
            e.currency
     FROM events e WHERE e.id = $2
-    RETURNING id
+    RETURNING id, event_id, total_minor, currency
 ), booked AS (
-    UPDATE tickets t SET status = 'booked', booking_id = b.id, hold_expires_at = NULL
-    FROM booking b WHERE t.id = ANY($5::bigint[])
-    RETURNING t.id, t.event_id, b.id AS booking_id
+    UPDATE tickets t SET status = 'booked', booking_id = b.id, reservation_id = $1,
+                         hold_expires_at = NULL
+    FROM booking b, tickets old
+    WHERE t.id = ANY($5::bigint[]) AND old.id = t.id
+    RETURNING t.id, t.event_id, b.id AS booking_id, old.status AS from_status
 ), audit AS (
     INSERT INTO ticket_audit (ticket_id, event_id, from_status, to_status, reason,
                               reservation_id, booking_id)
-    SELECT id, event_id, 'reserved', 'booked', 'confirmed', $1, booking_id
+    SELECT id, event_id, from_status, 'booked', 'confirmed', $1, booking_id
     FROM booked ORDER BY id
+), issued AS (
+    INSERT INTO issued_tickets (booking_id, event_id, ticket_id, code)
+    SELECT booking_id, event_id, id, random_code(16) FROM booked ORDER BY id
+), paid AS (
+    UPDATE payments p SET status = 'paid', paid_at = now(), booking_id = b.id
+    FROM booking b WHERE p.id = $6::uuid
+), paid_directly AS (
+    INSERT INTO payments (reservation_id, event_id, customer, provider, provider_payment_id,
+                          client_reference, amount_minor, currency, status, booking_id,
+                          paid_at)
+    SELECT $1, b.event_id, $3, 'test', 'direct_' || gen_random_uuid(), $4, b.total_minor,
+           b.currency, 'paid', b.id, now()
+    FROM booking b WHERE $6::uuid IS NULL
+), mail AS (
+    -- A customer who is not an e-mail address (a user id) gets no e-mail.
+    INSERT INTO outbox_messages (kind, recipient, booking_id)
+    SELECT 'booking-confirmed', btrim($3), b.id FROM booking b
+    WHERE btrim($3) ~ '^[^@[:space:]]+@[^@[:space:]]+$' AND char_length(btrim($3)) >= 3
 )
-UPDATE reservations SET status = 'confirmed', ended_at = now() WHERE id = $1
+UPDATE reservations SET status = 'confirmed', ended_at = coalesce(ended_at, now())
+WHERE id = $1
+RETURNING (SELECT id FROM booking) AS booking_id
 """
 
 _RELEASE = """
@@ -188,7 +215,7 @@ async def confirm(
         _refuse_unless_active(row)
         ticket_ids = await _lock_own_tickets(conn, row)
         await conn.execute(
-            _BOOK, reservation_id, row.event_id, row.customer, payment_reference, ticket_ids
+            BOOK, reservation_id, row.event_id, row.customer, payment_reference, ticket_ids, None
         )
         refreshed = await _reservation_for_holder(conn, reservation_id, token, lock=False)
         view = await _view(conn, refreshed)

@@ -116,7 +116,14 @@ class Booking(Base):
             "char_length(payment_reference) BETWEEN 1 AND 200", name="payment_reference_length"
         ),
         CheckConstraint("total_minor >= 0", name="total_not_negative"),
+        CheckConstraint("code ~ '^[A-Z2-9]{6}$'", name="code_format"),
+        CheckConstraint("status IN ('confirmed', 'cancelled')", name="status_known"),
+        CheckConstraint(
+            "(status = 'cancelled') = (cancelled_at IS NOT NULL)", name="cancelled_at_matches"
+        ),
         UniqueConstraint("id", "event_id"),
+        # The short code a buyer reads out or types to find the booking again.
+        UniqueConstraint("code"),
         # One booking per reservation: a second confirm can never sell the seats again.
         UniqueConstraint("reservation_id"),
         ForeignKeyConstraint(
@@ -134,3 +141,7 @@ class Booking(Base):
     total_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    code: Mapped[str] = mapped_column(Text, server_default=text("new_booking_code()"))
+    status: Mapped[str] = mapped_column(Text, server_default="confirmed")
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_reason: Mapped[str | None] = mapped_column(Text)

@@ -69,6 +69,8 @@ class BookingRow:
     total_minor: int
     currency: str
     created_at: datetime
+    code: str
+    status: str
 
     @classmethod
     def of(cls, record: Any) -> Self:

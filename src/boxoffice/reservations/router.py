@@ -6,7 +6,7 @@ from boxoffice.config import Settings
 from boxoffice.credentials import server_secret
 from boxoffice.db import Database
 from boxoffice.dependencies import Db, HolderToken
-from boxoffice.errors import InvalidRequest
+from boxoffice.errors import InvalidRequest, PaymentRequired
 from boxoffice.idempotency import IdempotencyKey, IdempotencyRequest, request_hash
 from boxoffice.problems import problem_responses
 from boxoffice.queue.service import pass_of
@@ -127,13 +127,25 @@ async def _reserve(
 )
 async def get_reservation(reservation_id: uuid.UUID, db: Db, token: HolderToken) -> ReservationOut:
     view = await holder.get_reservation(db, reservation_id=reservation_id, token=token)
-    return ReservationOut.from_view(view)
+    return ReservationOut.from_view(view, db.settings)
 
 
 @router.post(
     "/reservations/{reservation_id}/confirm",
     summary="Pay for your hold: its tickets become booked",
-    responses=problem_responses(401, 404, 409, 413, 422, 503, descriptions=_HOLDER),
+    responses=problem_responses(
+        401,
+        403,
+        404,
+        409,
+        413,
+        422,
+        503,
+        descriptions=_HOLDER
+        | {
+            403: "`payment-required`: a real payment provider is configured; pay through the checkout."
+        },
+    ),
 )
 async def confirm(
     reservation_id: uuid.UUID,
@@ -143,6 +155,11 @@ async def confirm(
     idempotency_key: IdempotencyKey = None,
 ) -> BookingOut:
     settings = db.settings
+    if not settings.allows_direct_confirm:
+        raise PaymentRequired(
+            "pay through POST /reservations/{id}/checkout: with a real payment provider, only "
+            "its notification books a hold"
+        )
     idempotency = None
     if idempotency_key is not None:
         idempotency = IdempotencyRequest(
@@ -153,7 +170,7 @@ async def confirm(
             # reservation id gets a 422, not a replay of the holder's booking.
             request_hash=request_hash(body, hash_token(token).hex()),
             status_code=200,
-            render=lambda view: booking_from_view(view).model_dump(mode="json"),
+            render=lambda view: booking_from_view(view, settings).model_dump(mode="json"),
         )
     view = await holder.confirm(
         db,
@@ -162,7 +179,7 @@ async def confirm(
         payment_reference=body.payment_reference,
         idempotency=idempotency,
     )
-    return booking_from_view(view)
+    return booking_from_view(view, settings)
 
 
 @router.delete(

@@ -4,7 +4,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from boxoffice.config import TICKETS_PER_HOLD_CEILING
+from boxoffice.bookings.links import booking_url
+from boxoffice.config import TICKETS_PER_HOLD_CEILING, Settings
 from boxoffice.idempotency import IdempotencyRequest, request_hash
 from boxoffice.reservations.records import Hold, ReservationView
 from boxoffice.reservations.tokens import token_for_key
@@ -68,6 +69,12 @@ class BookingOut(BaseModel):
     total: int = Field(description="Sum of the ticket prices, in minor units.")
     currency: str
     created_at: datetime
+    code: str = Field(description="The booking's short code, to read out or type in a lookup.")
+    status: str = Field(description="`confirmed` or `cancelled`.")
+    booking_url: str = Field(
+        description="The booking page: tickets with their QR codes. The secret after `#` is "
+        "the booking's own (not the hold's token); anyone with the link sees the tickets."
+    )
     tickets: list[TicketOut]
 
 
@@ -83,10 +90,18 @@ class ReservationOut(BaseModel):
     currency: str
     tickets: list[TicketOut]
     booking_id: uuid.UUID | None
+    booking_code: str | None = Field(
+        default=None, description="Once paid: the booking's short code."
+    )
+    booking_url: str | None = Field(default=None, description="Once paid: the booking page.")
 
     @classmethod
-    def from_view(cls, view: ReservationView) -> "ReservationOut":
-        return cls(**_reservation_fields(view))
+    def from_view(cls, view: ReservationView, settings: Settings) -> "ReservationOut":
+        fields = _reservation_fields(view)
+        if view.booking is not None:
+            fields["booking_code"] = view.booking.code
+            fields["booking_url"] = booking_url(settings, view.booking.id)
+        return cls(**fields)
 
 
 class ReservationCreated(ReservationOut):
@@ -145,10 +160,13 @@ def created_from_hold(hold: Hold) -> ReservationCreated:
     )
 
 
-def booking_from_view(view: ReservationView) -> BookingOut:
+def booking_from_view(view: ReservationView, settings: Settings) -> BookingOut:
     booking = view.booking
     assert booking is not None
     return BookingOut(
+        code=booking.code,
+        status=booking.status,
+        booking_url=booking_url(settings, booking.id),
         id=booking.id,
         reservation_id=booking.reservation_id,
         event_id=booking.event_id,

@@ -101,7 +101,8 @@ class TicketAudit(Base):
     __tablename__ = "ticket_audit"
     __table_args__ = (
         CheckConstraint(
-            "reason IN ('reserved', 'confirmed', 'released', 'expired')", name="reason_known"
+            "reason IN ('reserved', 'confirmed', 'released', 'expired', 'cancelled')",
+            name="reason_known",
         ),
         # A ticket's history in order; the invariant checker reads each ticket's last row.
         Index("ix_ticket_audit_ticket_id_id", "ticket_id", "id"),

@@ -1,0 +1,1 @@
+"""Bookings after the sale: codes, the buyer's booking page, organisers' changes."""

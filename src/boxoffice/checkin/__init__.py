@@ -1,0 +1,1 @@
+"""Check-in at the door: scanners and the one admission per ticket."""

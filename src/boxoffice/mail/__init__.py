@@ -1,0 +1,1 @@
+"""E-mail to buyers, sent from an outbox after the sale committed."""

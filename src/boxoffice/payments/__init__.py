@@ -1,0 +1,1 @@
+"""Paying for a hold: providers, checkout, their signed notifications, refunds."""
