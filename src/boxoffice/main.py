@@ -14,6 +14,8 @@ from fastapi import FastAPI
 
 from boxoffice import __version__, metrics
 from boxoffice.admin.router import router as admin_router
+from boxoffice.bookings.router import router as bookings_router
+from boxoffice.checkin.router import router as checkin_router
 from boxoffice.config import Settings, get_settings
 from boxoffice.credentials import admin_token, server_secret
 from boxoffice.db import Database
@@ -25,8 +27,10 @@ from boxoffice.live.feed import TicketFeed
 from boxoffice.live.relay import ChangeRelay
 from boxoffice.live.router import router as live_router
 from boxoffice.logs import configure_logging
+from boxoffice.mail.sender import run_outbox_sender
 from boxoffice.middleware import OpsMiddleware
 from boxoffice.ops.router import router as ops_router
+from boxoffice.payments.router import router as payments_router
 from boxoffice.problems import install_error_handlers, install_problem_schema
 from boxoffice.queue.admitter import Admitter
 from boxoffice.queue.feed import QueueFeed
@@ -91,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks = [asyncio.create_task(sample_pool(db), name="pool-sampler")]
         if settings.sweep_interval_seconds > 0:
             tasks.append(asyncio.create_task(run_sweeper(db, settings), name="sweeper"))
+        # Every worker sends owed e-mail (each message claimed by one: SKIP LOCKED).
+        tasks.append(asyncio.create_task(run_outbox_sender(db, settings), name="outbox-sender"))
         assert settings.database_url is not None
         feed = TicketFeed(settings.database_url)
         app.state.ticket_feed = feed
@@ -144,6 +150,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(live_router)
     app.include_router(queue_router)
     app.include_router(waitlist_router)
+    app.include_router(payments_router)
+    app.include_router(bookings_router)
+    app.include_router(checkin_router)
     app.include_router(ops_router)
     app.include_router(demo_router)
     app.include_router(admin_router)

@@ -143,7 +143,8 @@ async def get_reservation(reservation_id: uuid.UUID, db: Db, token: HolderToken)
         503,
         descriptions=_HOLDER
         | {
-            403: "`payment-required`: a real payment provider is configured; pay through the checkout."
+            403: "`payment-required`: a real payment provider is configured; pay through "
+            "the checkout."
         },
     ),
 )
