@@ -30,7 +30,10 @@ from boxoffice.logs import configure_logging
 from boxoffice.mail.sender import run_outbox_sender
 from boxoffice.middleware import OpsMiddleware
 from boxoffice.ops.router import router as ops_router
+from boxoffice.payments.registry import build_providers
+from boxoffice.payments.router import pages as payment_pages
 from boxoffice.payments.router import router as payments_router
+from boxoffice.payments.service import run_refunder
 from boxoffice.problems import install_error_handlers, install_problem_schema
 from boxoffice.queue.admitter import Admitter
 from boxoffice.queue.feed import QueueFeed
@@ -97,6 +100,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tasks.append(asyncio.create_task(run_sweeper(db, settings), name="sweeper"))
         # Every worker sends owed e-mail (each message claimed by one: SKIP LOCKED).
         tasks.append(asyncio.create_task(run_outbox_sender(db, settings), name="outbox-sender"))
+        providers = build_providers(settings)
+        app.state.payment_providers = providers
+        # Tasks a request leaves behind (the test provider's delayed notifications).
+        app.state.background_tasks = set()
+        tasks.append(
+            asyncio.create_task(run_refunder(db, settings, providers.by_name), name="refunder")
+        )
         assert settings.database_url is not None
         feed = TicketFeed(settings.database_url)
         app.state.ticket_feed = feed
@@ -151,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(queue_router)
     app.include_router(waitlist_router)
     app.include_router(payments_router)
+    app.include_router(payment_pages)
     app.include_router(bookings_router)
     app.include_router(checkin_router)
     app.include_router(ops_router)

@@ -103,11 +103,22 @@ class Problem(BaseModel):
         default=None,
         description="`customer-limit-reached`: tickets this customer holds or bought already.",
     )
+    checked_in_at: str | SkipJsonSchema[None] = Field(
+        default=None, description="`already-checked-in`: when the ticket was admitted."
+    )
+    checked_in_by: str | SkipJsonSchema[None] = Field(
+        default=None,
+        description='`already-checked-in`: the scanner that admitted it (or "admin").',
+    )
+    event_name: str | SkipJsonSchema[None] = Field(
+        default=None, description="`wrong-event`: the event the ticket is for."
+    )
 
 
 PROBLEM_SCHEMA_REF = "#/components/schemas/Problem"
 
 _PROBLEM_DESCRIPTIONS = {
+    400: "The request cannot be taken (`invalid-signature` for a payment notification).",
     401: "No credentials: send `Authorization: Bearer <token>` (`unauthorized`).",
     403: "The token is not the admin token (`forbidden`).",
     404: "Not found.",

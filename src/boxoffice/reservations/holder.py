@@ -191,6 +191,15 @@ async def _locked_reservation(
         raise Conflict("another request is changing this reservation; retry") from None
 
 
+async def locked_active_reservation(
+    conn: asyncpg.Connection, reservation_id: uuid.UUID, token: str | None
+) -> ReservationRow:
+    """The holder's reservation, row-locked, if it is an unexpired active hold."""
+    row = await _locked_reservation(conn, reservation_id, token)
+    _refuse_unless_active(row)
+    return row
+
+
 async def confirm(
     db: Database,
     *,
