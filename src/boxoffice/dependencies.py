@@ -87,3 +87,4 @@ def page_size(limit: int, settings: Settings) -> int:
 Db = Annotated[Database, Depends(get_db)]
 AppSettings = Annotated[Settings, Depends(get_app_settings)]
 HolderToken = Annotated[str, Depends(holder_token)]
+BearerToken = Annotated[str | None, Depends(bearer_token)]

@@ -41,8 +41,9 @@ from boxoffice.errors import TooManyRequests
 
 RESERVATIONS = "reservations"
 QUEUE = "queue"
+LOOKUP = "lookup"
 # What a refusal's detail calls a scope's requests.
-_WHAT = {RESERVATIONS: "reservation", QUEUE: "waiting room"}
+_WHAT = {RESERVATIONS: "reservation", QUEUE: "waiting room", LOOKUP: "booking lookup"}
 
 MAX_KEY_LENGTH = 300
 # A longer client address (only a proxy's X-Forwarded-For could make one) is keyed by its hash.
@@ -198,12 +199,22 @@ async def queue_rate_limit(request: Request) -> None:
     )
 
 
+async def lookup_rate_limit(request: Request) -> None:
+    """RATE_LIMIT_LOOKUP_* for this request's client: guessing booking codes is slow."""
+    db: Database = request.app.state.db
+    settings = db.settings
+    await enforce(
+        db, request, LOOKUP, settings.rate_limit_lookup_per_minute, settings.rate_limit_lookup_burst
+    )
+
+
 def idle_seconds(settings: Settings) -> float:
     """How long after its last refresh a bucket is surely full again: IDLE_SECONDS, or the
     longest time any scope's empty bucket takes to refill, if that is longer."""
     limits = [
         (settings.rate_limit_reservations_per_minute, settings.rate_limit_reservations_burst),
         (settings.rate_limit_queue_per_minute, settings.rate_limit_queue_burst),
+        (settings.rate_limit_lookup_per_minute, settings.rate_limit_lookup_burst),
     ]
     refill = [burst * 60 / per_minute for per_minute, burst in limits if per_minute and burst]
     return max([IDLE_SECONDS, *refill])

@@ -22,7 +22,7 @@
     return td;
   }
 
-  function render(reservation, booking, event) {
+  function render(reservation, event) {
     const money = B.money(B.currency(reservation.currency));
     const status = STATUS[reservation.status] || { badge: reservation.status, title: "Your booking" };
     $("booking-title").textContent = status.title;
@@ -35,8 +35,13 @@
       $("booking-venue").textContent = event.venue ? `· ${event.venue}` : "";
       B.localiseTimes(root);
     }
-    $("booking-id").textContent = reservation.booking_id || "—";
-    $("booking-payment").textContent = (booking && booking.payment_reference) || "—";
+    $("booking-code").textContent = reservation.booking_code || "—";
+    if (reservation.booking_url) {
+      // The booking page's own link (its secret after `#`): it works in any browser.
+      const link = new URL(reservation.booking_url);
+      $("booking-link").href = `/booking${link.hash}`;
+      $("booking-link").hidden = false;
+    }
     $("booking-customer").textContent = reservation.customer;
     $("booking-total").textContent = money(reservation.total);
     $("booking-tickets").replaceChildren(
@@ -62,10 +67,12 @@
       const count = reservation.tickets.length;
       B.say(`Payment received: ${count} ticket${count === 1 ? " is" : "s are"} booked for you.`, "success");
     } else if (reservation.status === "active") {
-      B.say("This hold is not paid yet.", "info", {
+      B.say("Waiting for the payment provider to confirm your payment…", "info", {
         href: `/shop/events/${reservation.event_id}`,
-        text: "Go back and pay",
+        text: "Back to the event",
       });
+      // The provider's notification books the hold; until then, ask again.
+      setTimeout(load, 1000);
     }
   }
 
@@ -91,7 +98,7 @@
       return;
     }
     const event = await B.api("GET", `/events/${result.data.event_id}`);
-    render(result.data, record.booking, event.ok ? event.data : null);
+    render(result.data, event.ok ? event.data : null);
   }
 
   $("print-button").addEventListener("click", () => window.print());

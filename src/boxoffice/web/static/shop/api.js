@@ -34,15 +34,10 @@ export function createShopApi(eventId) {
         B.api("POST", `/events/${eventId}/reservations`, { body, idempotencyKey }),
       );
     },
-    // POST /reservations/{id}/confirm with the hold's token.
-    confirm(hold, body) {
-      return withKey(`pay ${hold.id}`, body, (idempotencyKey) =>
-        B.api("POST", `/reservations/${hold.id}/confirm`, {
-          body,
-          token: hold.token,
-          idempotencyKey,
-        }),
-      );
+    // POST /reservations/{id}/checkout with the hold's token: the provider's page to pay
+    // on. A second call continues the same payment, so it needs no key.
+    checkout(hold) {
+      return B.api("POST", `/reservations/${hold.id}/checkout`, { token: hold.token });
     },
     // DELETE /reservations/{id}: a second DELETE changes nothing, so it needs no key.
     release(hold) {

@@ -282,17 +282,14 @@ function start(root) {
   async function pay(event) {
     event.preventDefault();
     if (state.phase !== "held") return;
-    if (!event.currentTarget.reportValidity()) return;
     const current = state.hold;
-    const body = { payment_reference: $("payment-reference").value.trim() };
     S.startPaying(state);
     renderPanel();
-    const result = await api.confirm(current, body);
+    const result = await api.checkout(current);
     if (result.ok) {
-      S.paid(state);
-      renderPanel();
-      B.holds.save(current.id, { active: false, booking: result.data });
-      window.location.assign(`/shop/reservations/${current.id}`);
+      // The provider's page takes over; it sends the buyer back to the booking's page,
+      // which waits for the provider's word that the hold is paid.
+      window.location.assign(result.data.checkout_url);
       return;
     }
     S.answered(state);
