@@ -22,6 +22,7 @@ As in Stripe's current API a session has no PaymentIntent until it is paid (`pay
         stripe_api.requests                          # every request, in order
         stripe_api.refunds_of("pi_test_…")           # the refunds made, in order
         stripe_api.fail_next(1, status=500)          # the next request fails, as an outage
+        stripe_api.forget_idempotency_keys()         # 24 hours later
 """
 
 import hashlib
@@ -32,8 +33,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -125,7 +125,10 @@ class StripeStandIn:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="stripe-standin", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="stripe-standin",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -165,6 +168,11 @@ class StripeStandIn:
                 payment_intent=session["payment_intent"] or _new_id("pi_test_"),
             )
             return dict(session)
+
+    def forget_idempotency_keys(self) -> None:
+        """What Stripe does to a key 24 hours after its first use."""
+        with self._lock:
+            self._answers.clear()
 
     def refunds_of(self, payment_intent: str) -> list[dict[str, Any]]:
         """The refunds made of `payment_intent`, oldest first."""
@@ -316,9 +324,7 @@ class StripeStandIn:
         session = next((s for s in self.sessions.values() if s["payment_intent"] == intent), None)
         if session is None:
             raise _missing("payment_intent", intent, "payment_intent")
-        refunded = sum(
-            r["amount"] for r in self.refunds.values() if r["payment_intent"] == intent
-        )
+        refunded = sum(r["amount"] for r in self.refunds.values() if r["payment_intent"] == intent)
         remaining = session["amount_total"] - refunded
         if remaining <= 0:
             raise StripeError(
@@ -384,14 +390,13 @@ def decode_form(form: str) -> dict[str, Any]:
     """Stripe's form encoding (`a[b][0][c]=v`) back into nested dicts and lists."""
     root: dict[str, Any] = {}
     for key, value in parse_qsl(form, keep_blank_values=True):
-        head, _, rest = key.partition("[")
-        path = [head, *re.findall(r"([^\[\]]*)\]", "[" + rest)] if rest else [head]
+        *parents, leaf = key.replace("]", "").split("[")
         node = root
-        for part, following in zip(path, path[1:], strict=False):
+        for part in parents:
             node = node.setdefault(part, {})
-            del following
-        node[path[-1]] = value
-    return _lists(root)
+        node[leaf] = value
+    decoded: dict[str, Any] = _lists(root)
+    return decoded
 
 
 def _lists(node: Any) -> Any:
@@ -460,12 +465,6 @@ def closed_base_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-@contextmanager
-def running() -> Iterator[StripeStandIn]:
-    with StripeStandIn() as standin:
-        yield standin
-
-
 def _new_id(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(18).replace("-", "x").replace("_", "y")
 
@@ -478,9 +477,7 @@ def _int(value: Any, param: str) -> int:
 
 
 def _missing(kind: str, object_id: str, param: str) -> StripeError:
-    return StripeError(
-        404, f"No such {kind}: '{object_id}'", code="resource_missing", param=param
-    )
+    return StripeError(404, f"No such {kind}: '{object_id}'", code="resource_missing", param=param)
 
 
 def _error_body(status: int) -> dict[str, Any]:

@@ -277,13 +277,90 @@ async def offer_made_to_another_customers_hold(conn: AsyncConnection, scene: Sce
     )
 
 
+async def booking_paid_twice(conn: AsyncConnection, scene: Scene) -> None:
+    await conn.execute(
+        text(
+            "INSERT INTO payments (reservation_id, event_id, customer, provider,"
+            " provider_payment_id, amount_minor, currency, status, paid_at)"
+            " SELECT reservation_id, event_id, customer, 'test', 'tp_extra', amount_minor,"
+            " currency, 'failed', NULL FROM payments WHERE reservation_id = :r"
+        ),
+        {"r": scene.paid.reservation_id},
+    )
+    # The extra payment claims the booking too: one booking, two payments.
+    await conn.execute(text("DROP INDEX IF EXISTS uq_payments_booking_id"))
+    await conn.execute(
+        text(
+            "UPDATE payments SET booking_id = (SELECT id FROM bookings WHERE reservation_id = :r)"
+            " WHERE provider_payment_id = 'tp_extra'"
+        ),
+        {"r": scene.paid.reservation_id},
+    )
+
+
+async def valid_booking_refunded(conn: AsyncConnection, scene: Scene) -> None:
+    await conn.execute(
+        text(
+            "UPDATE payments SET status = 'refunded', refunded_at = now() WHERE reservation_id = :r"
+        ),
+        {"r": scene.paid.reservation_id},
+    )
+
+
+async def booking_lost_an_issued_ticket(conn: AsyncConnection, scene: Scene) -> None:
+    await conn.execute(
+        text("DELETE FROM issued_tickets WHERE ticket_id = :t"), {"t": scene.tickets[2]}
+    )
+
+
+async def checked_in_after_cancellation(conn: AsyncConnection, scene: Scene) -> None:
+    # Cancelled (seats kept off sale, money on its way back), then admitted at the door.
+    await conn.execute(
+        text(
+            "UPDATE bookings SET status = 'cancelled', cancelled_at = now() - interval '1 hour'"
+            " WHERE reservation_id = :r"
+        ),
+        {"r": scene.paid.reservation_id},
+    )
+    await conn.execute(
+        text(
+            "UPDATE payments SET status = 'refund_pending', refund_requested_at = now()"
+            " WHERE reservation_id = :r"
+        ),
+        {"r": scene.paid.reservation_id},
+    )
+    await conn.execute(
+        text(
+            "UPDATE issued_tickets SET checked_in_at = now(), checked_in_by = 'door 1'"
+            " WHERE ticket_id = :t"
+        ),
+        {"t": scene.tickets[2]},
+    )
+
+
+async def hold_paid_twice_and_kept(conn: AsyncConnection, scene: Scene) -> None:
+    # A second payment marked paid without booking anything (its CHECK needs a booking: the
+    # first payment's booking, which breaks P1 too).
+    await conn.execute(text("DROP INDEX IF EXISTS uq_payments_booking_id"))
+    await conn.execute(
+        text(
+            "INSERT INTO payments (reservation_id, event_id, customer, provider,"
+            " provider_payment_id, amount_minor, currency, status, paid_at, booking_id)"
+            " SELECT reservation_id, event_id, customer, 'test', 'tp_twice', amount_minor,"
+            " currency, 'paid', now(), booking_id FROM payments WHERE reservation_id = :r"
+        ),
+        {"r": scene.paid.reservation_id},
+    )
+
+
 CASES: list[tuple[Breaker, set[str], str]] = [
     (available_ticket_keeps_its_claim, {"I1"}, "available ticket still carries"),
     (active_hold_lost_a_ticket, {"I1"}, "does not own every one of its tickets"),
     (reserved_by_a_released_reservation, {"I2"}, "reserved ticket without"),
     (booked_by_an_unconfirmed_reservation, {"I3"}, "booked ticket without"),
     (confirmed_reservation_with_a_ticket_not_booked, {"I4"}, "tickets are not all booked"),
-    (reservation_claims_a_ticket_of_another_event, {"I4"}, "ticket of another event"),
+    # The paid hold gains a ticket it never issued a code for, so P2 notices too.
+    (reservation_claims_a_ticket_of_another_event, {"I4", "P2"}, "ticket of another event"),
     (reservation_count_disagrees_with_its_tickets, {"I4"}, "ticket count differs"),
     (event_ticket_count_is_wrong, {"I5"}, "do not add up"),
     # A ticket row names one reservation, so the second live hold also fails to own it (I1).
@@ -293,6 +370,11 @@ CASES: list[tuple[Breaker, set[str], str]] = [
     (pass_used_for_another_customers_hold, {"S1"}, "used queue pass names a hold of another"),
     (one_hold_made_with_two_passes, {"S1"}, "one hold made with two queue passes"),
     (offer_made_to_another_customers_hold, {"S2"}, "waiting-list offer names a hold"),
+    (booking_paid_twice, {"P1"}, "not paid by exactly one payment"),
+    (valid_booking_refunded, {"P1"}, "a valid booking refunded"),
+    (booking_lost_an_issued_ticket, {"P2"}, "issued tickets are not exactly"),
+    (checked_in_after_cancellation, {"P3"}, "checked in after its booking was cancelled"),
+    (hold_paid_twice_and_kept, {"P1", "P4"}, "more than one payment of it is `paid`"),
 ]
 
 

@@ -1,5 +1,6 @@
 """The invariant checker: I1–I5 of docs/design.md (and S1–S2, the waiting room's passes and
-the waiting list's offers), read from the database in one snapshot.
+the waiting list's offers; P1–P4, a booking's payment, tickets and check-ins), read from the
+database in one snapshot.
 
 Tests run it after every concurrency test; the simulator runs it after a rush. Each check is
 a query that returns the offending rows, so a failure says exactly what broke.
@@ -158,6 +159,53 @@ _CHECKS: list[tuple[str, str, str]] = [
            JOIN reservations r ON r.id = w.reservation_id
            WHERE ($1::uuid IS NULL OR w.event_id = $1) AND w.status = 'offered'
              AND (r.event_id <> w.event_id OR r.customer_key <> w.customer_key)""",
+    ),
+    # From hold to the door: a booking's payment, its issued tickets and their check-ins agree.
+    (
+        "P1",
+        "a booking is not paid by exactly one payment of its amount",
+        """SELECT b.id AS booking_id, count(p.id) AS payments,
+                  array_agg(p.amount_minor) AS amounts
+           FROM bookings b LEFT JOIN payments p ON p.booking_id = b.id
+           WHERE ($1::uuid IS NULL OR b.event_id = $1)
+           GROUP BY b.id, b.total_minor, b.currency
+           HAVING count(p.id) <> 1
+               OR bool_or(p.amount_minor <> b.total_minor OR p.currency <> b.currency)""",
+    ),
+    (
+        "P1",
+        "money and booking disagree: a valid booking refunded, or a cancelled one kept",
+        """SELECT b.id AS booking_id, b.status, p.status AS payment_status
+           FROM bookings b JOIN payments p ON p.booking_id = b.id
+           WHERE ($1::uuid IS NULL OR b.event_id = $1)
+             AND ((b.status = 'confirmed' AND p.status <> 'paid')
+                  OR (b.status = 'cancelled' AND p.status = 'paid'))""",
+    ),
+    (
+        "P2",
+        "a valid booking's issued tickets are not exactly the tickets its hold claimed",
+        """SELECT b.id AS booking_id FROM bookings b
+           WHERE ($1::uuid IS NULL OR b.event_id = $1) AND b.status = 'confirmed'
+             AND ARRAY(SELECT it.ticket_id FROM issued_tickets it
+                       WHERE it.booking_id = b.id ORDER BY 1)
+                 IS DISTINCT FROM
+                 ARRAY(SELECT rt.ticket_id FROM reservation_tickets rt
+                       WHERE rt.reservation_id = b.reservation_id ORDER BY 1)""",
+    ),
+    (
+        "P3",
+        "a ticket was checked in after its booking was cancelled",
+        """SELECT it.code, it.checked_in_at, b.cancelled_at FROM issued_tickets it
+           JOIN bookings b ON b.id = it.booking_id
+           WHERE ($1::uuid IS NULL OR it.event_id = $1)
+             AND it.checked_in_at > b.cancelled_at""",
+    ),
+    (
+        "P4",
+        "a hold was paid twice and kept both: more than one payment of it is `paid`",
+        """SELECT p.reservation_id, count(*) AS paid FROM payments p
+           WHERE ($1::uuid IS NULL OR p.event_id = $1) AND p.status = 'paid'
+           GROUP BY p.reservation_id HAVING count(*) > 1""",
     ),
 ]
 

@@ -24,7 +24,7 @@ def build_providers(settings: Settings) -> Providers:
     test = TestProvider(settings)
     by_name: dict[str, PaymentProvider] = {"test": test}
     if settings.payment_provider == "stripe":
-        from boxoffice.payments.stripe_provider import StripeProvider  # type: ignore[import-not-found,unused-ignore]
+        from boxoffice.payments.stripe_provider import StripeProvider
 
         by_name["stripe"] = StripeProvider(settings)
     return Providers(checkout=by_name[settings.payment_provider], by_name=by_name)
