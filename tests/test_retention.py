@@ -432,3 +432,28 @@ async def test_churn_does_not_grow_the_disk_once_pruned(
     assert rounds[3][1] - rounds[1][1] < one_round / 4, (before, rounds)
     assert rounds[3][0] - rounds[1][0] < one_round / 4, (before, rounds)
     await assert_invariants(retention_engine)
+
+
+async def test_a_hold_somebody_tried_to_pay_for_is_kept(
+    api: httpx.AsyncClient, retention_engine: AsyncEngine, retention_hours: SetRetention
+) -> None:
+    event_id, seats = await create_event(api, seats=2)
+    tried = await hold(api, event_id, [seats[0]], "tried@example.com")
+    started = await api.post(f"/reservations/{tried['id']}/checkout", headers=holder(tried))
+    assert started.status_code == 201, started.text
+    await release(api, tried)
+    unpaid = await hold(api, event_id, [seats[1]])
+    await release(api, unpaid)
+    await age_ended_holds(retention_engine, event_id)
+    await prune_everything(retention_engine)
+    async with retention_engine.connect() as conn:
+        kept = set(
+            (
+                await conn.execute(
+                    text("SELECT id::text FROM reservations WHERE event_id = :e"),
+                    {"e": uuid.UUID(event_id)},
+                )
+            ).scalars()
+        )
+    assert kept == {tried["id"]}
+    await assert_invariants(retention_engine)

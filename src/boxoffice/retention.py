@@ -56,6 +56,8 @@ WITH doomed AS (
       AND r.ended_at < now() - make_interval(hours => $1)
       AND NOT EXISTS (SELECT 1 FROM tickets t WHERE t.reservation_id = r.id)
       AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.reservation_id = r.id)
+      -- A hold anybody tried to pay for is kept with its payments: money is never forgotten.
+      AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.reservation_id = r.id)
     ORDER BY r.ended_at
     LIMIT $2
     FOR UPDATE OF r SKIP LOCKED
