@@ -232,6 +232,8 @@ def serving(
             # Several servers run at once beside the tests' own pools, all on one PostgreSQL
             # of 100 connections: 10 per worker is plenty for the tests' loads.
             "POOL_SIZE": "10",
+            # Owed e-mail is written as .eml files: into the test's folder, not the project's.
+            "MAIL_DIR": str(log_path.parent / "mail"),
             **env,
         },
         log_path=log_path,

@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     smtp_url: str | None = None
     mail_from: str = "boxoffice <tickets@boxoffice.invalid>"
     mail_dir: Path | None = None
-    # How often each worker's sender looks for owed e-mail (it is also woken by each sale).
+    # How often each worker's sender looks for owed e-mail.
     outbox_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
     # Buyers who lost their booking link may ask for it again (POST /bookings/lookup).
     rate_limit_lookup_per_minute: int = Field(default=5, ge=0, le=1_000_000)

@@ -54,8 +54,8 @@ def event_ics(
 ) -> str:
     """A VCALENDAR with the event (in UTC) and the booking's code and link in its text.
 
-    `stamp` is when the entry was made (DTSTAMP): the message's time, so a resent copy is
-    the same file.
+    `stamp` is when the entry was made (DTSTAMP): the booking's time, so every copy (the
+    e-mail's, the booking page's, a resent one) is the same file.
     """
     lines = [
         "BEGIN:VCALENDAR",
