@@ -11,7 +11,7 @@ from boxoffice.checkin.schemas import (
     ScannerCreated,
     ScannerOut,
 )
-from boxoffice.dependencies import Db, bearer_token, require_admin
+from boxoffice.dependencies import BearerToken, Db, require_admin
 from boxoffice.errors import Unauthorized
 from boxoffice.problems import problem_responses
 from boxoffice.web.pages import PageRoute, not_found, page
@@ -23,7 +23,7 @@ pages = APIRouter(include_in_schema=False, route_class=PageRoute)
 _NO_EVENT = {404: "No such event (`event-not-found`)."}
 
 
-async def door_token(token: Annotated[str | None, Depends(bearer_token)]) -> str:
+async def door_token(token: BearerToken) -> str:
     """The bearer token of a check-in, required before the body is even read."""
     if not token:
         raise Unauthorized("send the admin token or a scanner token as `Authorization: Bearer`")
@@ -37,11 +37,8 @@ async def door_token(token: Annotated[str | None, Depends(bearer_token)]) -> str
     summary="Add a door scanner to an event; its token is shown once (admin)",
     responses=problem_responses(401, 403, 404, 413, 422, 503, descriptions=_NO_EVENT),
 )
-async def create_scanner(
-    event_id: uuid.UUID, body: ScannerCreate, db: Db, response: Response
-) -> ScannerCreated:
+async def create_scanner(event_id: uuid.UUID, body: ScannerCreate, db: Db) -> ScannerCreated:
     created = await service.create_scanner(db, event_id=event_id, name=body.name)
-    response.headers["Location"] = f"/events/{event_id}/scanners/{created.id}"
     return ScannerCreated(id=created.id, name=created.name, token=created.token)
 
 

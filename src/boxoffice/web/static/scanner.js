@@ -16,6 +16,7 @@
   const EARLIER_KEY = `boxoffice.scan-earlier.${eventId}`;
   const EARLIER_KEPT = 50;
   const RETRY_MS = 3000;
+  const ANSWER_MS = 8000;
   // The server's own rule (boxoffice.checkin.schemas): 16 of A–Z and 2–9; case, spaces and
   // dashes do not matter.
   const CODE = /^[A-Z2-9]{16}$/;
@@ -130,8 +131,35 @@
     return result.status === 0 || result.status === 502 || result.status === 503 || result.status === 504;
   }
 
-  function send(code) {
-    return B.api("POST", `/events/${eventId}/checkins`, { body: { ticket_code: code }, token: token() });
+  // Like Boxoffice.api, but a door cannot wait long: no answer within ANSWER_MS counts as
+  // no connection (status 0), and the scan is queued.
+  async function send(code) {
+    let response;
+    try {
+      response = await fetch(`/events/${eventId}/checkins`, {
+        method: "POST",
+        headers: {
+          Accept: "application/json, application/problem+json",
+          "Content-Type": "application/json",
+          Authorization: `Bearer ${token()}`,
+        },
+        body: JSON.stringify({ ticket_code: code }),
+        cache: "no-store",
+        credentials: "same-origin",
+        signal: AbortSignal.timeout(ANSWER_MS),
+      });
+    } catch {
+      return { ok: false, status: 0, data: null, slug: "network", retryAfter: null };
+    }
+    const data = await response.json().catch(() => null);
+    const slug = !response.ok && data && typeof data.type === "string" ? data.type.split("/").pop() : null;
+    return {
+      ok: response.ok,
+      status: response.status,
+      data,
+      slug,
+      retryAfter: Number(response.headers.get("Retry-After")) || null,
+    };
   }
 
   // ---- the offline queue ----
@@ -244,6 +272,7 @@
       }
       const verdict = verdictOf(result);
       show(verdict.kind, verdict.word, verdict.detail);
+      flush(); // the box office answers: whatever waits in the queue can go now
     } finally {
       inFlight.delete(code);
     }
@@ -260,8 +289,15 @@
 
   // ---- the camera, where the browser can read barcodes ----
 
+  // One code per start: the camera stops at the first code it reads (or when asked to).
   async function startCamera() {
+    const button = $("camera-button");
     const video = $("camera");
+    const formats = await window.BarcodeDetector.getSupportedFormats().catch(() => []);
+    if (!formats.includes("qr_code")) {
+      B.say("This browser cannot read QR codes: type the code instead.", "error");
+      return;
+    }
     let stream;
     try {
       stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } });
@@ -269,15 +305,18 @@
       B.say("The camera is not available (it needs permission, and HTTPS).", "error");
       return;
     }
-    const formats = await window.BarcodeDetector.getSupportedFormats();
-    const detector = new window.BarcodeDetector({ formats: formats.includes("qr_code") ? ["qr_code"] : formats });
-    video.srcObject = stream;
-    video.hidden = false;
-    await video.play();
+    const detector = new window.BarcodeDetector({ formats: ["qr_code"] });
     const stop = () => {
       stream.getTracks().forEach((track) => track.stop());
       video.hidden = true;
+      button.textContent = "Scan with the camera";
+      button.onclick = startCamera;
     };
+    button.textContent = "Stop the camera";
+    button.onclick = stop;
+    video.srcObject = stream;
+    video.hidden = false;
+    await video.play();
     const look = async () => {
       if (video.hidden) return;
       const found = await detector.detect(video).catch(() => []);
@@ -287,10 +326,6 @@
       } else {
         requestAnimationFrame(look);
       }
-    };
-    $("camera-button").onclick = () => {
-      stop();
-      $("camera-button").onclick = startCamera;
     };
     look();
   }
