@@ -84,7 +84,7 @@ async def test_lookup_answers_the_same_either_way_and_mails_only_the_owner(
     # The client address is its own for this test: the lookup's limit is per client.
     headers = {"X-Forwarded-For": f"198.51.100.{uuid.uuid4().int % 250}"}
     answers = [
-        await client.post("/bookings/lookup", json={"email": email, "code": code}, headers=headers)
+        await client.post("/booking-lookups", json={"email": email, "code": code}, headers=headers)
         for email, code in [
             (" grace@example.com ", booking["code"].lower()),
             ("mallory@example.com", booking["code"]),
@@ -114,7 +114,7 @@ async def test_lookup_is_rate_limited(client: httpx.AsyncClient) -> None:
     codes = [
         (
             await client.post(
-                "/bookings/lookup", json={"email": "eve@example.com", "code": f"AAAA{i:02d}"}
+                "/booking-lookups", json={"email": "eve@example.com", "code": f"AAAA{i:02d}"}
             )
         ).status_code
         for i in range(12)

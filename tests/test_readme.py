@@ -54,9 +54,24 @@ def check_walkthrough(base_url: str) -> None:
     refused = next(b for b in bodies if isinstance(b, dict) and b.get("status") == 409)
     assert refused["type"].endswith("/tickets-unavailable")
     assert sorted(refused["ticket_ids"]) == sorted(t["id"] for t in hold["tickets"])
-    booking = next(b for b in bodies if isinstance(b, dict) and "payment_reference" in b)
-    assert booking["reservation_id"] == hold["id"]
-    assert all(ticket["status"] == "booked" for ticket in booking["tickets"])
+    payment = next(b for b in bodies if isinstance(b, dict) and "checkout_url" in b)
+    assert payment["reservation_id"] == hold["id"] and payment["status"] == "pending"
+    assert "303" in lines, "the test checkout's Pay sends the buyer back (303)"
+    booked = next(b for b in bodies if isinstance(b, dict) and b.get("booking_code"))
+    assert booked["id"] == hold["id"] and booked["status"] == "confirmed"
+    assert all(ticket["status"] == "booked" for ticket in booked["tickets"])
+    admitted = next(
+        b for b in bodies if isinstance(b, dict) and "checked_in_by" in b and "status" not in b
+    )
+    assert admitted["checked_in_by"] == "Door 1"
+    again = next(
+        b
+        for b in bodies
+        if isinstance(b, dict)
+        and b.get("status") == 409
+        and b["type"].endswith("/already-checked-in")
+    )
+    assert again["checked_in_by"] == "Door 1"
     assert "204" in lines, "releasing the best-available hold answers 204"
     created = next(b for b in bodies if isinstance(b, dict) and b.get("name") == "Jazz Night")
     assert created["ticket_count"] == 60

@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     mail_dir: Path | None = None
     # How often each worker's sender looks for owed e-mail.
     outbox_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
-    # Buyers who lost their booking link may ask for it again (POST /bookings/lookup).
+    # Buyers who lost their booking link may ask for it again (POST /booking-lookups).
     rate_limit_lookup_per_minute: int = Field(default=5, ge=0, le=1_000_000)
     rate_limit_lookup_burst: int = Field(default=5, ge=0, le=1_000_000)
 

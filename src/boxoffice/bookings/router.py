@@ -51,7 +51,7 @@ async def calendar(booking_id: uuid.UUID, db: Db, token: BearerToken) -> Respons
 
 
 @router.post(
-    "/bookings/lookup",
+    "/booking-lookups",
     status_code=202,
     summary="Lost your booking link? Get it by e-mail again",
     description="The same answer whether or not a booking matches, so nobody learns which "
