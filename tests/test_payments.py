@@ -398,3 +398,44 @@ def test_signature_scheme_is_stripes() -> None:
     header = sign(b"whsec", body, timestamp=1700000000)
     mac = hmac.new(b"whsec", b"1700000000." + body, hashlib.sha256).hexdigest()
     assert header == f"t=1700000000,v1={mac}"
+
+
+async def test_a_refund_racing_a_second_notification_refunds_once(
+    client: httpx.AsyncClient,
+    make_event: EventFactory,
+    provider: TestProvider,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    event = await make_event(rows=1, seats_per_row=2)
+    held = await hold(client, event)
+    payment = await checkout(client, held)
+    await move_expiry_into_the_past(engine, held["id"])
+    await hold(client, event, customer="rival@example.com")
+    first = await notify(client, provider, payment)
+    assert first.json() == {"outcome": "refund-seats-taken"}
+    # The provider reports the same money again while the refunders pay it back.
+    db = service_db(engine)
+    providers = build_providers(settings).by_name
+    results = await asyncio.gather(
+        notify(client, provider, payment),
+        refund_due(db, providers),
+        notify(client, provider, payment),
+        refund_due(db, providers),
+    )
+    outcomes = [r.json()["outcome"] for r in results if isinstance(r, httpx.Response)]
+    assert outcomes == ["already-paid", "already-paid"]
+    await refund_due(db, providers)
+    row = await payment_row(engine, payment["id"])
+    assert row["status"] == "refunded" and row["refund_attempts"] == 1
+    async with engine.connect() as conn:
+        refunds = await conn.scalar(
+            text(
+                "SELECT count(*) FROM audit_log WHERE action = 'payment-refunded'"
+                " AND details->>'payment_id' = :p"
+            ),
+            {"p": payment["id"]},
+        )
+    assert refunds == 1
+    assert await bookings_of(engine, held["id"]) == []
+    await assert_invariants(engine, event["id"])
