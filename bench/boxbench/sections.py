@@ -5,6 +5,8 @@ import re
 
 # bench/onsale.py's section.
 ONSALE = "onsale"
+# bench/door.py's section.
+DOOR = "door"
 
 
 def _markers(name: str) -> tuple[str, str]:
@@ -28,7 +30,7 @@ def with_section(text: str, name: str, body: str) -> str:
     return text.rstrip("\n") + ("\n\n" if text.strip() else "") + section + "\n"
 
 
-def keep_sections(old: str, new: str, names: tuple[str, ...] = (ONSALE,)) -> str:
+def keep_sections(old: str, new: str, names: tuple[str, ...] = (ONSALE, DOOR)) -> str:
     """`new`, with the sections `old` had and `new` lacks carried over at its end."""
     for name in names:
         section = marked(old, name)
