@@ -134,6 +134,14 @@ HOLD_MAKERS = {"POST /events/{event_id}/reservations", "PATCH /tickets/reserve"}
 # are: tests/test_payments.py and tests/test_stripe_flow.py take the success paths.
 SIGNED_ONLY = {"POST /payments/webhooks/{provider}"}
 
+# Operations that change an event for good (its times, its sale) or end it: aimed only at
+# events kept for them, so the rest of the run keeps events that sell.
+ENDS_EVENTS = {
+    "PATCH /events/{event_id}",
+    "POST /events/{event_id}/cancel",
+    "DELETE /events/{event_id}",
+}
+
 # Status codes seen per operation, to check that the run reached the success paths too.
 SEEN: dict[str, Counter[int]] = {}
 
@@ -160,6 +168,10 @@ class Real:
     door: str = ""  # the event whose tickets and scanners follow
     ticket_codes: list[str] = field(default_factory=list)  # its issued tickets' codes
     scanners: list[str] = field(default_factory=list)  # its scanners' ids
+    # Events and bookings that edits, cancellations and deletes may change or end: the
+    # other operations keep theirs.
+    disposable: list[str] = field(default_factory=list)
+    disposable_bookings: list[str] = field(default_factory=list)
 
     def add(self, hold: Hold) -> None:
         self.holds.append(hold)
@@ -290,6 +302,25 @@ def real(live_server: str) -> Iterator[Real]:
         assert shown.status_code == 200, shown.text
         real.door = seated
         real.ticket_codes = [ticket["code"] for ticket in shown.json()["tickets"]]
+        for n in range(4):
+            event_id, _ = _event(
+                client,
+                {
+                    "name": f"Fuzz disposable {n}",
+                    "starts_at": "2031-02-01T20:00:00Z",
+                    "sections": [{"name": "Main", "rows": 1, "seats_per_row": 4, "price": 500}],
+                },
+            )
+            real.disposable.append(event_id)
+            if n % 2 == 0:  # half of them sold something: they cannot be deleted
+                bought = _hold(client, event_id, {"quantity": 2, "customer": "z@example.org"})
+                booked = client.post(
+                    f"/reservations/{bought.id}/confirm",
+                    json={"payment_reference": "p"},
+                    headers={"Authorization": f"Bearer {bought.token}"},
+                )
+                assert booked.status_code == 200, booked.text
+                real.disposable_bookings.append(booked.json()["id"])
         for name in ("Door 1", "Door 2", "Door 3"):
             made = client.post(f"/events/{seated}/scanners", json={"name": name}, headers=ADMIN)
             assert made.status_code == 201, made.text
@@ -336,6 +367,18 @@ def retarget(case: schemathesis.Case[Any], real: Real) -> bool:
     keeps it. Returns whether the request now names a real hold with somebody else's token."""
     path = dict(case.path_parameters or {})
     event_id = path.get("event_id")
+    if case.operation.label in ENDS_EVENTS:
+        if _is_uuid(event_id) and _pick(event_id, 3) != 0:
+            path["event_id"] = real.disposable[_pick(event_id[::-1], len(real.disposable))]
+            case.path_parameters = path
+        return False
+    if case.operation.label == "POST /bookings/{booking_id}/cancel":
+        booking_id = path.get("booking_id")
+        if _is_uuid(booking_id) and _pick(booking_id, 3) != 0:
+            bookings = real.disposable_bookings
+            path["booking_id"] = bookings[_pick(booking_id[::-1], len(bookings))]
+            case.path_parameters = path
+        return False
     if _is_uuid(event_id) and _pick(event_id, 3) != 0:
         path["event_id"] = list(real.events)[_pick(event_id, len(real.events))]
         case.path_parameters = path

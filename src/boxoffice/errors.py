@@ -111,7 +111,10 @@ class QueuePassRequired(Forbidden):
     title = "A queue pass is required"
 
 
-class EventCancelled(Conflict):
+class EventCancelled(SalesClosed):
+    """A cancelled event is closed for sale for good (so whatever handles `sales-closed`
+    handles it too), with a type of its own."""
+
     slug = "event-cancelled"
     title = "The event was cancelled"
 

@@ -86,6 +86,8 @@ _CHECKS: list[tuple[str, str, str]] = [
            JOIN tickets t ON t.id = rt.ticket_id
            LEFT JOIN bookings b ON b.reservation_id = r.id
            WHERE ($1::uuid IS NULL OR r.event_id = $1) AND r.status = 'confirmed'
+             -- A cancelled booking's seats may be back on sale (or withdrawn).
+             AND b.status IS DISTINCT FROM 'cancelled'
              AND (b.id IS NULL OR t.status <> 'booked' OR t.booking_id IS DISTINCT FROM b.id)""",
     ),
     (
@@ -116,8 +118,10 @@ _CHECKS: list[tuple[str, str, str]] = [
         "ticket in two reservations that are both live (unexpired active, or confirmed)",
         """SELECT rt.ticket_id, array_agg(r.id::text) AS reservations
            FROM reservation_tickets rt JOIN reservations r ON r.id = rt.reservation_id
+           LEFT JOIN bookings b ON b.reservation_id = r.id
            WHERE ($1::uuid IS NULL OR r.event_id = $1)
-             AND (r.status = 'confirmed' OR (r.status = 'active' AND r.expires_at > now()))
+             AND ((r.status = 'confirmed' AND b.status IS DISTINCT FROM 'cancelled')
+                  OR (r.status = 'active' AND r.expires_at > now()))
            GROUP BY rt.ticket_id HAVING count(*) > 1""",
     ),
     (

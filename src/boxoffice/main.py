@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from boxoffice import __version__, metrics
 from boxoffice.admin.router import router as admin_router
+from boxoffice.bookings.organiser_router import router as organiser_router
 from boxoffice.bookings.router import pages as booking_pages
 from boxoffice.bookings.router import router as bookings_router
 from boxoffice.checkin.router import router as checkin_router
@@ -165,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(payment_pages)
     app.include_router(bookings_router)
     app.include_router(booking_pages)
+    app.include_router(organiser_router)
     app.include_router(checkin_router)
     app.include_router(ops_router)
     app.include_router(demo_router)

@@ -30,6 +30,7 @@ class EventRow:
     queue_admit_per_minute: int | None
     queue_max_shoppers: int | None
     queue_pass_seconds: int | None
+    cancelled_at: datetime | None  # set once the organiser cancelled it: nothing more is sold
 
     @classmethod
     def of(cls, record: Any) -> Self:

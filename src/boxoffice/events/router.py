@@ -102,10 +102,21 @@ async def get_event(event_id: uuid.UUID, db: Db) -> EventDetail:
 @router.patch(
     "/events/{event_id}",
     dependencies=[Depends(require_admin)],
-    summary="Change an event's on-sale controls (admin)",
-    description="Sales window and cap per customer. Members left out keep their value; "
-    "null clears one (sales open at once, end at `starts_at`, no cap).",
-    responses=problem_responses(401, 403, 404, 413, 422, 503, descriptions=_NO_EVENT),
+    summary="Edit an event: its details and on-sale controls (admin)",
+    description="Name, venue, start, hold length (for new holds), sales window, cap per "
+    "customer, waiting room. Members left out keep their value; null clears one (no venue, "
+    "sales open at once, end at `starts_at`, no cap). The sales window must still end by "
+    "`starts_at`. Recorded in the event's audit log.",
+    responses=problem_responses(
+        401,
+        403,
+        404,
+        409,
+        413,
+        422,
+        503,
+        descriptions={**_NO_EVENT, 409: "The event was cancelled (`event-cancelled`)."},
+    ),
 )
 async def update_event(event_id: uuid.UUID, body: EventUpdate, db: Db) -> EventDetail:
     return _detail_from(await service.update_sale_settings(db, event_id=event_id, changes=body))

@@ -160,15 +160,49 @@ class EventCreate(SaleSettings):
         return sum(section.rows * section.seats_per_row for section in self.sections)
 
 
+# Members an edit may change but never clear: an event always has them.
+_REQUIRED_ON_EDIT = ("name", "starts_at", "hold_seconds")
+
+
 class EventUpdate(SaleSettings):
-    """The on-sale controls to change; members left out keep their value, null clears one."""
+    """What to change; members left out keep their value, null clears one (not `name`,
+    `starts_at` or `hold_seconds`, which an event always has)."""
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"sales_start_at": "2027-03-01T10:00:00Z", "max_tickets_per_customer": 4}]
+            "examples": [
+                {"sales_start_at": "2027-03-01T10:00:00Z", "max_tickets_per_customer": 4},
+                {"name": "Midsummer Night Concert (moved)", "starts_at": "2027-06-22T19:30:00Z"},
+            ]
         },
     )
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    venue: str | None = Field(default=None, max_length=200, description="null clears it.")
+    starts_at: Moment | None = Field(
+        default=None,
+        description="The sales window must still end by then (an explicit `sales_end_at` "
+        "after it is refused).",
+    )
+    hold_seconds: int | None = Field(
+        default=None,
+        strict=True,
+        ge=1,
+        le=86_400,
+        description="Hold length for new holds; holds made before keep their expiry.",
+    )
+
+    @model_validator(mode="after")
+    def _keeps_what_an_event_needs(self) -> "EventUpdate":
+        cleared = [
+            name
+            for name in _REQUIRED_ON_EDIT
+            if name in self.model_fields_set and getattr(self, name) is None
+        ]
+        if cleared:
+            raise ValueError(f"{', '.join(cleared)} cannot be null: an event always has one")
+        return self
 
 
 class StatusCounts(BaseModel):
@@ -199,12 +233,18 @@ class EventOut(BaseModel):
         description="When sales end; null: never (only the original demo's two events, which "
         "its clients still reserve)."
     )
-    on_sale: bool = Field(description="Whether the sales window is open now (database clock).")
+    on_sale: bool = Field(
+        description="Whether the sales window is open now (database clock) and the event is "
+        "not cancelled."
+    )
     max_tickets_per_customer: int | None
     queue_enabled: bool
     queue_admit_per_minute: int | None
     queue_max_shoppers: int | None
     queue_pass_seconds: int | None
+    cancelled_at: datetime | None = Field(
+        description="When the organiser cancelled the event (nothing more is sold); null if not."
+    )
 
     @classmethod
     def from_row(cls, row: EventRow) -> "EventOut":
@@ -227,6 +267,7 @@ class EventOut(BaseModel):
             queue_admit_per_minute=row.queue_admit_per_minute,
             queue_max_shoppers=row.queue_max_shoppers,
             queue_pass_seconds=row.queue_pass_seconds,
+            cancelled_at=row.cancelled_at,
         )
 
 

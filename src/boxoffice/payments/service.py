@@ -125,18 +125,12 @@ INSERT INTO ticket_audit (ticket_id, event_id, from_status, to_status, reason, r
 SELECT id, event_id, 'reserved', 'available', 'expired', reservation_id FROM freed ORDER BY id
 """
 
-# Money that booked nothing is owed back; the buyer hears why.
+# Money that booked nothing is owed back (the refunder pays it, and then tells the buyer).
 _OWE_REFUND = """
-WITH owed AS (
-    UPDATE payments
-    SET status = 'refund_pending', paid_at = coalesce(paid_at, now()), refund_reason = $2,
-        refund_requested_at = now()
-    WHERE id = $1
-    RETURNING id, customer
-)
-INSERT INTO outbox_messages (kind, recipient, payment_id)
-SELECT 'payment-refunded', btrim(customer), id FROM owed
-WHERE btrim(customer) ~ '^[^@[:space:]]+@[^@[:space:]]+$' AND char_length(btrim(customer)) >= 3
+UPDATE payments
+SET status = 'refund_pending', paid_at = coalesce(paid_at, now()), refund_reason = $2,
+    refund_requested_at = now()
+WHERE id = $1
 """
 
 _FAIL = "UPDATE payments SET status = 'failed' WHERE id = $1 AND status = 'pending'"
@@ -326,18 +320,25 @@ WHERE id IN (
 RETURNING id, provider, provider_payment_id, amount_minor, refund_attempts
 """
 
+# The money is back: audited, and the buyer is told (whatever owed it: a late payment, a
+# cancelled booking or event), when there was money and an address to tell.
 _REFUNDED = """
 WITH done AS (
     UPDATE payments SET status = 'refunded', refunded_at = now(), provider_refund_id = $2,
                         refund_error = NULL
     WHERE id = $1 AND status = 'refund_pending'
-    RETURNING id, event_id, booking_id, amount_minor, currency
+    RETURNING id, event_id, booking_id, amount_minor, currency, customer
+), audit AS (
+    INSERT INTO audit_log (actor, action, event_id, booking_id, details)
+    SELECT 'refunder', 'payment-refunded', event_id, booking_id,
+           jsonb_build_object('payment_id', id, 'amount', amount_minor, 'currency', currency,
+                              'refund_id', $2::text)
+    FROM done
 )
-INSERT INTO audit_log (actor, action, event_id, booking_id, details)
-SELECT 'refunder', 'payment-refunded', event_id, booking_id,
-       jsonb_build_object('payment_id', id, 'amount', amount_minor, 'currency', currency,
-                          'refund_id', $2::text)
-FROM done
+INSERT INTO outbox_messages (kind, recipient, payment_id)
+SELECT 'payment-refunded', btrim(customer), id FROM done
+WHERE amount_minor > 0
+  AND btrim(customer) ~ '^[^@[:space:]]+@[^@[:space:]]+$' AND char_length(btrim(customer)) >= 3
 """
 
 _REFUND_FAILED = """

@@ -124,6 +124,8 @@ class Booking(Base):
         UniqueConstraint("id", "event_id"),
         # The short code a buyer reads out or types to find the booking again.
         UniqueConstraint("code"),
+        # An event's bookings in order: the organiser's list and CSV, the delete check.
+        Index("ix_bookings_event_id_created_at", "event_id", "created_at", "id"),
         # One booking per reservation: a second confirm can never sell the seats again.
         UniqueConstraint("reservation_id"),
         ForeignKeyConstraint(

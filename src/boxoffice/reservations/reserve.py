@@ -18,6 +18,7 @@ from boxoffice.db import Database
 from boxoffice.errors import (
     Conflict,
     CustomerLimitReached,
+    EventCancelled,
     EventNotFound,
     IdempotencyKeyReused,
     IdempotentReplay,
@@ -89,8 +90,8 @@ _LOCK_BEST_INCLUDING_EXPIRED = """
     FOR UPDATE SKIP LOCKED
 """
 # Holding what `locked` holds, in the order PostgreSQL needs it:
-#   sale           the event: is it on sale now (its sales window, never once it started),
-#                  its hold length, its cap per customer.
+#   sale           the event: is it on sale now (its sales window, never once it started,
+#                  never once it was cancelled), its hold length, its cap per customer.
 #   seats          all or nothing: every ticket there and free.
 #   allowance      a capped event only, and only when the seats are there: the customer's
 #                  tickets held or bought so far, counted under a lock on (event, customer)
@@ -122,7 +123,8 @@ sale AS (
            EXISTS (SELECT 1 FROM waiting_list w
                    WHERE w.event_id = e.id AND w.status = 'waiting') AS waitlisted,
            now() >= coalesce(e.sales_start_at, '-infinity')
-           AND now() < coalesce(e.sales_end_at, e.starts_at) AS open
+           AND now() < coalesce(e.sales_end_at, e.starts_at)
+           AND e.cancelled_at IS NULL AS open
     FROM events e WHERE e.id = $1
 ), seats AS (
     SELECT count(*) = $3 AND coalesce(bool_and(available), false) AS free FROM locked
@@ -214,7 +216,8 @@ RESERVE_BEST_INCLUDING_EXPIRED = f"WITH locked AS ({_LOCK_BEST_INCLUDING_EXPIRED
 
 # Why an event is not on sale, for a refusal's answer.
 _SALES_WINDOW = """
-SELECT sales_start_at, nullif(coalesce(sales_end_at, starts_at), 'infinity') AS sales_end_at,
+SELECT cancelled_at IS NOT NULL AS cancelled,
+       sales_start_at, nullif(coalesce(sales_end_at, starts_at), 'infinity') AS sales_end_at,
        now() >= coalesce(sales_start_at, '-infinity')
        AND now() < coalesce(sales_end_at, starts_at) AS open,
        now() < sales_start_at AS not_yet
@@ -402,13 +405,16 @@ async def reserve_best_available(
 async def _refuse_unless_on_sale(
     conn: asyncpg.Connection, event_id: uuid.UUID, rows: Sequence[Mapping[str, Any]]
 ) -> None:
-    """404 for no such event, 409 `sales-closed` outside its sales window. The hold's own
-    answer says whether it was on sale; only a refusal to explain costs a query."""
+    """404 for no such event, 409 `event-cancelled` once cancelled, 409 `sales-closed`
+    outside its sales window. The hold's own answer says whether it was on sale; only a
+    refusal to explain costs a query."""
     if rows and rows[0]["sales_open"]:
         return
     window = await conn.fetchrow(_SALES_WINDOW, event_id)
     if window is None:
         raise EventNotFound(f"no event {event_id}")
+    if window["cancelled"]:
+        raise EventCancelled("the event was cancelled; nothing more is sold for it")
     if window["open"]:
         return  # it opened since (or no tickets matched): the other checks say why
     start, end = window["sales_start_at"], window["sales_end_at"]

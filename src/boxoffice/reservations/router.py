@@ -59,8 +59,8 @@ _HOLDER = {
             "pass for this customer (`queue-pass-required`, saying why).",
             404: "No such event (`event-not-found`).",
             409: "Some tickets are held or sold (`tickets-unavailable`, listing them), the "
-            "event is not on sale (`sales-closed`), or the customer would pass the event's "
-            "cap (`customer-limit-reached`).",
+            "event is not on sale (`sales-closed`) or was cancelled (`event-cancelled`), or "
+            "the customer would pass the event's cap (`customer-limit-reached`).",
             422: "The request is not valid (`invalid-request`), names tickets of another "
             "event (`unknown-tickets`) or a section the event lacks (`unknown-section`).",
         },

@@ -127,6 +127,7 @@ def upgrade() -> None:
         "(status = 'cancelled') = (cancelled_at IS NOT NULL)",
     )
     op.create_unique_constraint(op.f("uq_bookings_code"), "bookings", ["code"])
+    op.create_index("ix_bookings_event_id_created_at", "bookings", ["event_id", "created_at", "id"])
 
     op.create_table(
         "payments",
@@ -364,6 +365,7 @@ def downgrade() -> None:
     op.drop_table("issued_tickets")
     op.drop_table("payment_notifications")
     op.drop_table("payments")
+    op.drop_index("ix_bookings_event_id_created_at", table_name="bookings")
     op.drop_constraint(op.f("uq_bookings_code"), "bookings", type_="unique")
     op.drop_constraint(op.f("ck_bookings_cancelled_at_matches"), "bookings", type_="check")
     op.drop_constraint(op.f("ck_bookings_status_known"), "bookings", type_="check")

@@ -1,5 +1,6 @@
 // The admin page: sign in with the admin token, create events, see their counts, change
-// their on-sale settings (PATCH /events/{id}) and watch their waiting rooms.
+// their on-sale settings (PATCH /events/{id}), watch their waiting rooms, and look after
+// their bookings: search, CSV, cancel one; cancel or delete the event.
 "use strict";
 
 (() => {
@@ -184,6 +185,12 @@
     when.dateTime = event.starts_at;
     when.textContent = B.dateFormat.format(Date.parse(event.starts_at));
     const name = cell(link);
+    if (event.cancelled_at) {
+      const badge = document.createElement("span");
+      badge.className = "badge badge-sold";
+      badge.textContent = "Cancelled";
+      name.append(" ", badge);
+    }
     if (event.queue_enabled) {
       const badge = document.createElement("span");
       badge.className = "badge badge-queue";
@@ -222,7 +229,180 @@
       refresh.addEventListener("click", () => loadQueue(event.id, stats));
       loadQueue(event.id, stats);
     }
+    organiserPanel(event, settings.querySelector("details.organiser"));
     return [row, settings];
+  }
+
+  // The admin's answer to a refused token, or the problem's words.
+  function refused(result) {
+    if (result.status === 401 || result.status === 403) {
+      signOut("The admin token was refused; sign in again.");
+    } else {
+      B.say(B.describe(result), "error");
+    }
+  }
+
+  // ---- an event's bookings, and cancelling or deleting it ----
+
+  function organiserPanel(event, panel) {
+    panel.querySelector("summary .visually-hidden").textContent = ` of ${event.name}`;
+    const body = panel.querySelector(".bookings-body");
+    const more = panel.querySelector(".more-bookings");
+    const search = panel.querySelector(".bookings-search");
+    const query = search.querySelector('[name="booking_q"]');
+    const money = B.money(B.currency(event.currency));
+    let next = null;
+    let loaded = false;
+
+    function bookingRow(booking) {
+      const row = document.createElement("tr");
+      const checkedIn = booking.tickets.filter((t) => t.checked_in_at).length;
+      const actions = document.createElement("td");
+      if (booking.status === "confirmed") {
+        const cancel = document.createElement("button");
+        cancel.type = "button";
+        cancel.className = "link-button";
+        cancel.textContent = "Cancel";
+        cancel.setAttribute("aria-label", `Cancel booking ${booking.code}`);
+        cancel.addEventListener("click", () => cancelBooking(booking, cancel));
+        actions.append(cancel);
+      }
+      row.append(
+        cell(booking.code),
+        cell(booking.customer),
+        cell(booking.status === "cancelled" ? "Cancelled" : "Confirmed"),
+        cell(String(booking.tickets.length), "num"),
+        cell(String(checkedIn), "num"),
+        cell(money(booking.total), "num"),
+        actions,
+      );
+      return row;
+    }
+
+    // GET /events/{id}/bookings: the first page (again) or the next one.
+    async function load(append) {
+      const params = new URLSearchParams({ limit: "50" });
+      if (query.value.trim()) params.set("q", query.value.trim());
+      if (append && next) params.set("after", next);
+      const result = await B.api("GET", `/events/${event.id}/bookings?${params}`, { token });
+      if (!result.ok) {
+        refused(result);
+        return;
+      }
+      const rows = result.data.items.map(bookingRow);
+      if (append) body.append(...rows);
+      else if (rows.length) body.replaceChildren(...rows);
+      else {
+        const empty = document.createElement("tr");
+        const none = cell(query.value.trim() ? "No booking matches." : "No bookings yet.");
+        none.colSpan = 7;
+        empty.append(none);
+        body.replaceChildren(empty);
+      }
+      next = result.data.next_after;
+      more.hidden = !next;
+    }
+
+    async function cancelBooking(booking, button) {
+      const release = panel.querySelector('[name="release_seats"]').checked;
+      const seats = release ? "its seats go back on sale" : "its seats are withdrawn from sale";
+      if (!window.confirm(`Cancel booking ${booking.code} of ${booking.customer}? It is refunded and ${seats}.`)) {
+        return;
+      }
+      button.disabled = true;
+      const result = await B.api("POST", `/bookings/${booking.id}/cancel`, {
+        body: { release_seats: release },
+        token,
+      });
+      if (result.ok) {
+        B.say(`Cancelled booking ${booking.code}; its payment will be refunded.`, "success");
+        button.closest("tr").replaceWith(bookingRow(result.data));
+      } else {
+        button.disabled = false;
+        refused(result);
+      }
+    }
+
+    // The CSV needs the token in a header, so it is fetched and handed over as a file.
+    async function downloadCsv() {
+      const params = new URLSearchParams();
+      if (query.value.trim()) params.set("q", query.value.trim());
+      let response;
+      try {
+        response = await fetch(`/events/${event.id}/bookings.csv?${params}`, {
+          headers: { Authorization: `Bearer ${token}` },
+          cache: "no-store",
+        });
+      } catch {
+        B.say(B.describe({ status: 0 }), "error");
+        return;
+      }
+      if (!response.ok) {
+        const data = await response.json().catch(() => null);
+        refused({ status: response.status, data });
+        return;
+      }
+      const url = URL.createObjectURL(await response.blob());
+      const anchor = document.createElement("a");
+      anchor.href = url;
+      anchor.download = `bookings-${event.id}.csv`;
+      document.body.append(anchor);
+      anchor.click();
+      anchor.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    }
+
+    async function cancelEvent() {
+      const reason = window.prompt(
+        `Cancel “${event.name}”? Every hold is released and every booking cancelled and ` +
+          "refunded. Why (optional, kept in the audit log)?",
+        "",
+      );
+      if (reason === null) return;
+      const body = reason.trim() ? { reason: reason.trim() } : {};
+      const result = await B.api("POST", `/events/${event.id}/cancel`, { body, token });
+      if (result.ok) {
+        const done = result.data;
+        B.say(
+          `Cancelled “${event.name}”: ${done.bookings_cancelled} booking(s) cancelled, ` +
+            `${done.holds_released} hold(s) released.`,
+          "success",
+        );
+        loadEvents();
+      } else {
+        refused(result);
+      }
+    }
+
+    async function deleteEvent() {
+      if (!window.confirm(`Delete “${event.name}” and all its tickets? This cannot be undone.`)) {
+        return;
+      }
+      const result = await B.api("DELETE", `/events/${event.id}`, { token });
+      if (result.ok) {
+        B.say(`Deleted “${event.name}”.`, "success");
+        loadEvents();
+      } else {
+        refused(result);
+      }
+    }
+
+    panel.addEventListener("toggle", () => {
+      if (panel.open && !loaded) {
+        loaded = true;
+        load(false);
+      }
+    });
+    search.addEventListener("submit", (submitted) => {
+      submitted.preventDefault();
+      load(false);
+    });
+    more.addEventListener("click", () => load(true));
+    panel.querySelector(".download-csv").addEventListener("click", downloadCsv);
+    const cancel = panel.querySelector(".cancel-event");
+    cancel.hidden = Boolean(event.cancelled_at);
+    cancel.addEventListener("click", cancelEvent);
+    panel.querySelector(".delete-event").addEventListener("click", deleteEvent);
   }
 
   // GET /events/{id}/queue (admin): the waiting room's counts.
