@@ -548,3 +548,36 @@ async def test_the_scanner_page_is_served_for_an_event(
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert "/events/{event_id}/scan" not in paths
     assert "/events/{event_id}/checkins" in paths
+
+
+async def test_the_door_racing_the_organisers_cancellation_never_admits_after_it(
+    client: httpx.AsyncClient, make_event: EventFactory, engine: AsyncEngine
+) -> None:
+    """The real cancel endpoint against ten scanners scanning the booking's ten tickets at
+    once: each scan is admitted before the cancellation or refused after it, never later."""
+    event_id = (await make_event())["id"]
+    booking = await book(client, event_id, count=10)
+    scanners = [await add_scanner(client, event_id, f"Gate {n}") for n in range(10)]
+    cancel = partial(
+        client.post, f"/bookings/{booking.id}/cancel", json={"release_seats": True}, headers=ADMIN
+    )
+    scans = [
+        partial(check_in, client, event_id, code, scanner["token"])
+        for code, scanner in zip(booking.ticket_codes, scanners, strict=True)
+    ]
+    responses = await rush(client, [*scans[:5], cancel, *scans[5:]])
+    assert_no_server_errors(responses)
+    cancelled = responses[5]
+    assert cancelled.status_code == 200, cancelled.text
+    cancelled_at = moment(cancelled.json()["cancelled_at"])
+    scanned = responses[:5] + responses[6:]
+    for response in scanned:
+        if response.status_code == 200:
+            assert moment(response.json()["checked_in_at"]) <= cancelled_at
+        else:
+            assert_problem(response, 409, "booking-cancelled")
+    # Afterwards every ticket of it is refused at the door.
+    for code, scanner in zip(booking.ticket_codes, scanners, strict=True):
+        again = await check_in(client, event_id, code, scanner["token"])
+        assert again.status_code == 409
+    await assert_invariants(engine, event_id)
