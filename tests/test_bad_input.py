@@ -460,7 +460,7 @@ EVENT_CASES = [
 ]
 
 METHOD_CASES = [
-    case("DELETE", "/events/{event}", None, 405, "method-not-allowed", id="delete-event"),
+    case("PUT", "/events/{event}", {}, 405, "method-not-allowed", id="put-event"),
     case("PUT", "/events", {}, 405, "method-not-allowed", id="put-events"),
     case("PATCH", "/events/{event}/tickets", {}, 405, "method-not-allowed", id="patch-tickets"),
     case("GET", CONFIRM, None, 405, "method-not-allowed", id="get-confirm", auth="holder"),
