@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     mail_dir: Path | None = None
     # How often each worker's sender looks for owed e-mail.
     outbox_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+    # While a worker serves requests, the most of its time its sender may spend rendering and
+    # sending (the rest waits for a quieter moment); 1 never holds it back.
+    outbox_busy_share: float = Field(default=0.2, gt=0, le=1)
     # Buyers who lost their booking link may ask for it again (POST /booking-lookups).
     rate_limit_lookup_per_minute: int = Field(default=5, ge=0, le=1_000_000)
     rate_limit_lookup_burst: int = Field(default=5, ge=0, le=1_000_000)

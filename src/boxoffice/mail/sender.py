@@ -159,11 +159,22 @@ async def run_outbox_sender(db: Database, settings: Settings) -> None:
     """Send owed e-mail every OUTBOX_INTERVAL_SECONDS until cancelled; safe in every worker
     at once."""
     batch = 20
+    share = settings.outbox_busy_share
+    loop = asyncio.get_running_loop()
     while True:
         try:
-            # A full batch suggests more are due: go on without sleeping.
-            while await send_due(db, settings, limit=batch) == batch:
-                pass
+            while True:
+                started = loop.time()
+                sent = await send_due(db, settings, limit=batch)
+                if sent and db.in_use > 0:
+                    # Buyers are being served: rendering a message (its QR codes above all)
+                    # costs milliseconds of this worker's CPU, so during a rush the sender
+                    # takes at most OUTBOX_BUSY_SHARE of the worker's time and the mail
+                    # waits; idle, it sends at full speed.
+                    await asyncio.sleep((loop.time() - started) * (1 - share) / share)
+                # A full batch suggests more are due: go on.
+                if sent < batch:
+                    break
         except asyncio.CancelledError:
             raise
         except Exception as error:
