@@ -19,7 +19,7 @@ from boxoffice.config import Settings
 from boxoffice.payments.registry import build_providers
 from boxoffice.payments.service import refund_due
 from boxoffice.payments.testpay import FAILED, PAID, TestProvider
-from tests.conftest import SERVER_SECRET, EventFactory, assert_invariants, service_db
+from tests.conftest import ADMIN, SERVER_SECRET, EventFactory, assert_invariants, service_db
 from tests.support.expiry import move_expiry_into_the_past
 
 WEBHOOK = "/payments/webhooks/test"
@@ -439,4 +439,29 @@ async def test_a_refund_racing_a_second_notification_refunds_once(
         )
     assert refunds == 1
     assert await bookings_of(engine, held["id"]) == []
+    await assert_invariants(engine, event["id"])
+
+
+async def test_paying_for_a_lapsed_hold_cannot_pass_the_cap_per_customer(
+    client: httpx.AsyncClient,
+    make_event: EventFactory,
+    provider: TestProvider,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    """A scalper holds to the cap, lets it lapse, holds to the cap again, then pays for the
+    first hold late: its seats are free, but booking them would pass the cap."""
+    event = await make_event(rows=1, seats_per_row=10)
+    capped = await client.patch(
+        f"/events/{event['id']}", json={"max_tickets_per_customer": 2}, headers=ADMIN
+    )
+    assert capped.status_code == 200, capped.text
+    first = await hold(client, event, customer="scalper@example.com")
+    payment = await checkout(client, first)
+    await move_expiry_into_the_past(engine, first["id"])
+    await hold(client, event, customer="Scalper@Example.com")
+    answer = await notify(client, provider, payment)
+    assert answer.json() == {"outcome": "refund-customer-limit"}
+    assert (await payment_row(engine, payment["id"]))["refund_reason"] == "customer-limit"
+    assert await bookings_of(engine, first["id"]) == []
     await assert_invariants(engine, event["id"])

@@ -85,6 +85,8 @@ _REFUND_REASONS = {
     "booking-cancelled": "your booking was cancelled",
     "event-cancelled": "the event was cancelled",
     "already-booked": "your hold had already been paid for, so this payment booked nothing",
+    "customer-limit": "your payment arrived after your hold expired, and booking its seats "
+    "then would have taken you past the event's limit of tickets per customer",
 }
 _CANCEL_REASONS = {"event-cancelled": "the event was cancelled"}
 

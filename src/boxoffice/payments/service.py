@@ -133,6 +133,16 @@ SET status = 'refund_pending', paid_at = coalesce(paid_at, now()), refund_reason
 WHERE id = $1
 """
 
+# A lapsed hold's late money books only within the customer's cap, counted as a new hold
+# would be (its transaction-scoped lock on (event, customer), after the tickets' locks).
+_OVER_THE_CAP = """
+SELECT e.max_tickets_per_customer IS NOT NULL
+       AND lock_customer_and_count(e.id, r.customer_key) + r.ticket_count
+           > e.max_tickets_per_customer
+FROM reservations r JOIN events e ON e.id = r.event_id
+WHERE r.id = $1
+"""
+
 _FAIL = "UPDATE payments SET status = 'failed' WHERE id = $1 AND status = 'pending'"
 
 _AUDIT = """
@@ -286,6 +296,11 @@ async def _paid(conn: asyncpg.Connection, payment: PaymentRow, reservation: asyn
     elif all(
         record["free"] or record["reservation_id"] == payment.reservation_id for record in held
     ):
+        # The customer may have held or bought others since: nobody passes the cap by paying
+        # for holds that lapsed.
+        if await conn.fetchval(_OVER_THE_CAP, payment.reservation_id):
+            await conn.execute(_OWE_REFUND, payment.id, "customer-limit")
+            return "refund-customer-limit"
         await conn.execute(_FREE_LAPSED, ticket_ids)
         outcome = "booked-late"
     else:
