@@ -263,7 +263,11 @@ def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest_asyncio.fixture
 async def client(live_server: str) -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them, so a
+    # reuse never races that close (a ReadError for a request the server never read).
+    limits = httpx.Limits(
+        max_connections=1000, max_keepalive_connections=1000, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(base_url=live_server, timeout=30, limits=limits) as client:
         yield client
 

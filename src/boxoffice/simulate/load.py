@@ -24,6 +24,9 @@ def describe(error: BaseException) -> str:
 
 _ssl_context: ssl.SSLContext | None = None
 
+# Below uvicorn's keep-alive timeout (5 s): see `client`.
+KEEPALIVE_EXPIRY_SECONDS = 2.0
+
 
 def client(url: str, *, connections: int, timeout: float) -> httpx.AsyncClient:
     """An HTTP client with `connections` sockets. One TLS context for all of them: building
@@ -34,7 +37,14 @@ def client(url: str, *, connections: int, timeout: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=url,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        # A connection idle this long is not reused: uvicorn closes idle keep-alive connections
+        # after 5 s, httpx would reuse them until 5 s, and a reuse racing that close fails
+        # with a ReadError (seen under CPU load) for a request the server never read.
+        limits=httpx.Limits(
+            max_connections=connections,
+            max_keepalive_connections=connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+        ),
         verify=_ssl_context,
     )
 
