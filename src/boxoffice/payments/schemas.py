@@ -13,8 +13,9 @@ class PaymentOut(BaseModel):
     amount: int = Field(description="In minor units.")
     currency: str
     checkout_url: str | None = Field(
-        description="Where the buyer pays: send them there. The hold becomes a booking when "
-        "the provider tells us it was paid; poll GET /reservations/{id} (or watch its page)."
+        description="Where the buyer pays: send them there (the `test` provider's page is a "
+        "path on this server). The hold becomes a booking when the provider tells us it was "
+        "paid; poll GET /reservations/{id} (or watch its page)."
     )
 
     @classmethod
