@@ -552,3 +552,61 @@ async def test_a_connection_closed_before_the_loop_noticed_is_not_lent_out(
         assert await db.fetchval("SELECT pg_backend_pid()") != pid
     finally:
         await db.close()
+
+
+# --- a primary demoted under the service (a failover or switchover) -------------------------
+
+
+@pytest.mark.system
+async def test_a_demoted_primary_is_a_503_and_its_connections_are_replaced(
+    databases: Any, tmp_path: Path
+) -> None:
+    """When the server the pool's connections reach stops taking writes (Patroni demoted it;
+    played here by making the database read-only under the service), holds are 503 with
+    Retry-After, never a 500; once writes are taken again (the new primary), the pool
+    throws the read-only connections away and the service books again, without a restart."""
+    url = await asyncio.to_thread(databases.create)
+    await asyncio.to_thread(upgrade, url)
+    name = url.rsplit("/", 1)[1].split("?", 1)[0]
+    with serving(url, tmp_path / "serve.log", workers=1, POOL_SIZE="3") as served:
+        async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
+            event_id, seats = await create_event(client, seats=40)
+            async with connection(url) as admin:
+                await admin.execute(
+                    f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'
+                )
+                # Every connection the service has now is cut, as a failover cuts them; its
+                # new ones land on a server that refuses writes.
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    " AND application_name LIKE 'boxoffice%'"
+                )
+                refused = [
+                    await client.post(
+                        f"/events/{event_id}/reservations",
+                        json={"ticket_ids": [seat], "customer": "ro"},
+                    )
+                    for seat in seats[:8]
+                ]
+                assert {r.status_code for r in refused} == {503}, [r.text for r in refused]
+                for response in refused:
+                    assert_unavailable(response)
+                await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+            # A read-only connection is thrown away on its first refusal: within a pool's
+            # worth of requests the service books again, with no restart.
+            answers = [
+                await client.post(
+                    f"/events/{event_id}/reservations",
+                    json={"ticket_ids": [seat], "customer": "rw"},
+                )
+                for seat in seats[8:16]
+            ]
+            codes = [a.status_code for a in answers]
+            assert set(codes) <= {201, 503}, [a.text for a in answers]
+            assert codes[-4:] == [201] * 4, codes
+    engine = create_engine(Settings(database_url=url, admin_token=ADMIN_TOKEN))
+    try:
+        await assert_invariants(engine, event_id)
+    finally:
+        await engine.dispose()

@@ -48,6 +48,10 @@ _CONTENDED = {LOCK_NOT_AVAILABLE, "40P01", "40001"}
 # down or ending our session, 53xxx out of resources (connections, memory, disk), 08xxx the
 # connection failed.
 _UNAVAILABLE_CLASSES = ("08", "53", "57")
+# 25006 read_only_sql_transaction: a write reached a server that is (now) a standby, e.g. a
+# primary Patroni demoted while this connection stayed open. Retry: the next connection
+# reaches the new primary.
+READ_ONLY = "25006"
 
 # Errors after which a connection cannot be trusted. QueryCanceledError (57014) is a 57xxx
 # too, but the session is fine after it.
@@ -84,7 +88,7 @@ def classify(error: BaseException) -> Failure | None:
             return Failure.CONTENDED
         if code.startswith("22"):
             return Failure.BAD_VALUE
-        if code.startswith(_UNAVAILABLE_CLASSES):
+        if code.startswith(_UNAVAILABLE_CLASSES) or code == READ_ONLY:
             return Failure.UNAVAILABLE
         return Failure.UNEXPECTED
     if isinstance(error, (*_CONNECTION_LOST, TimeoutError)):
@@ -93,6 +97,9 @@ def classify(error: BaseException) -> Failure | None:
 
 
 def _lost(error: BaseException) -> bool:
+    """Whether the connection must be thrown away: gone, or it reaches a standby."""
+    if isinstance(error, asyncpg.ReadOnlySQLTransactionError):
+        return True
     return isinstance(error, _CONNECTION_LOST) and not isinstance(error, asyncpg.QueryCanceledError)
 
 
