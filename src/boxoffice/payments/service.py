@@ -403,6 +403,7 @@ async def run_refunder(
             await refund_due(db, providers)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("refund pass failed; retrying")
+        except Exception as error:
+            # A database outage must not kill the refunder; owed refunds wait in the table.
+            logger.warning("refund pass failed: %s", error)
         await asyncio.sleep(settings.refund_interval_seconds)
