@@ -567,7 +567,8 @@ async def test_a_demoted_primary_is_a_503_and_its_connections_are_replaced(
     throws the read-only connections away and the service books again, without a restart."""
     url = await asyncio.to_thread(databases.create)
     await asyncio.to_thread(upgrade, url)
-    name = url.rsplit("/", 1)[1].split("?", 1)[0]
+    async with connection(url) as conn:
+        name = await conn.fetchval("SELECT current_database()")
     with serving(url, tmp_path / "serve.log", workers=1, POOL_SIZE="3") as served:
         async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
             event_id, seats = await create_event(client, seats=40)
