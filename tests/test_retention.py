@@ -394,6 +394,18 @@ async def history_bytes(url: str, *, compact: bool = False) -> int:
     run in a transaction)."""
     conn = await asyncpg.connect(url)
     try:
+        # VACUUM cannot reclaim a row some snapshot taken before its deletion may still see:
+        # first let every snapshot of this database's other sessions end (the server's
+        # background loops take short ones all the time; any taken from now on postdates the
+        # pruning). Bounded: at most ~10 s.
+        for _ in range(1000):
+            holding = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL"
+            )
+            if holding == 0:
+                break
+            await conn.execute("SELECT pg_sleep(0.01)")
         await conn.execute(f"VACUUM {'FULL ' if compact else ''}{', '.join(HISTORY_TABLES)}")
         size: int = await conn.fetchval(
             "SELECT sum(pg_total_relation_size(t::regclass))::bigint FROM unnest($1::text[]) t",
