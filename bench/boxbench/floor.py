@@ -55,7 +55,17 @@ async def reserve(
     token, token_hash = new_token()
     async with app.state.pool.acquire() as conn:
         rows = await conn.fetch(
-            RESERVE_CHOSEN, event_id, ids, len(ids), body.customer, token_hash, None, None, None
+            RESERVE_CHOSEN,
+            event_id,
+            ids,
+            len(ids),
+            body.customer,
+            token_hash,
+            None,
+            None,
+            None,
+            None,
+            None,
         )
     hold = _hold_from(rows, event_id=event_id, customer=body.customer, token=token)
     response.headers["Location"] = f"/reservations/{hold.reservation_id}"
