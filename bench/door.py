@@ -71,7 +71,7 @@ from boxbench.cpu import machine_busy as machine_busy_share
 from boxbench.database import Database, benchmark_database
 from boxbench.load import lanes_for
 from boxbench.machine import find_pgbench, git_revision, machine_facts, tool_version
-from boxbench.pgbench import parse_pgbench
+from boxbench.pgbench import parse_pgbench, pgbench_env
 from boxbench.plan import LONG_HOLD_SECONDS, SEATS_PER_ROW
 from boxbench.sections import DOOR, with_section
 from boxbench.server import Server
@@ -79,7 +79,6 @@ from boxbench.server import Server
 from boxoffice.checkin.service import _ADMIT, _DOOR_LOCK_TIMEOUT, _LOCK_TICKET, _SCANNER_BY_TOKEN
 from boxoffice.config import Settings
 from boxoffice.db import Database as ServiceDatabase
-from boxoffice.db import server_settings
 from boxoffice.payments.testpay import PAID, TestProvider
 from boxoffice.reservations.holder import (
     _BOOKING,
@@ -761,13 +760,7 @@ class Door:
         for name, value in {"tx": "0", "nothing": "nothing", **variables}.items():
             command += ["-D", f"{name}={value}"]
         command.append(self.database.url)
-        session = server_settings(self.settings)
-        env = {
-            **os.environ,
-            "PGOPTIONS": f"-c lock_timeout={session['lock_timeout']} "
-            f"-c statement_timeout={session['statement_timeout']}",
-            "PGAPPNAME": "boxoffice-pgbench",
-        }
+        env = pgbench_env(self.settings)
         before = cpu_snapshot()
         process = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env

@@ -140,6 +140,18 @@ def parse_pgbench(output: str) -> tuple[float, int, int, list[tuple[str, float]]
     return tps, transactions, failed, statements
 
 
+def pgbench_env(settings: Settings) -> dict[str, str]:
+    """pgbench's environment: the service's session settings (boxoffice.db.server_settings),
+    so its statements wait for locks and run as long as the service's may."""
+    session = server_settings(settings)
+    return {
+        **os.environ,
+        "PGOPTIONS": f"-c lock_timeout={session['lock_timeout']} "
+        f"-c statement_timeout={session['statement_timeout']}",
+        "PGAPPNAME": "boxoffice-pgbench",
+    }
+
+
 async def run_pgbench(
     pgbench: Path,
     workdir: Path,
@@ -174,14 +186,7 @@ async def run_pgbench(
     for name, value in fixed.items():
         command += ["-D", f"{name}={value}"]
     command.append(database_url)
-    # The service's session settings (boxoffice.db.server_settings), for pgbench too.
-    session = server_settings(settings)
-    env = {
-        **os.environ,
-        "PGOPTIONS": f"-c lock_timeout={session['lock_timeout']} "
-        f"-c statement_timeout={session['statement_timeout']}",
-        "PGAPPNAME": "boxoffice-pgbench",
-    }
+    env = pgbench_env(settings)
     before = cpu_snapshot()
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
