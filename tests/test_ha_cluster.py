@@ -1,7 +1,8 @@
-"""deploy/ha brings up the highly available PostgreSQL (etcd, three Patroni nodes with
-synchronous replication, HAProxy) and takes it down again, leaving nothing behind.
+"""deploy/ha brings up the production shape (etcd, three Patroni nodes with synchronous
+replication, HAProxy, two API hosts, each host in a network namespace of its own) and takes it
+down again, leaving no process, port, namespace or link behind.
 
-The first step of issue 13: the failover drills build on this. Skipped, saying why, when
+The failover drills (test_drills) build on this. Skipped, saying why, when not root or when
 the cluster's packages are missing (scripts/install-ha installs them as root).
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from boxoffice.migrate import upgrade
@@ -25,7 +27,19 @@ pytestmark = pytest.mark.system
 HA = Path(__file__).parent.parent / "deploy" / "ha"
 LEADER = "postgresql://postgres@127.0.0.1:5440/postgres"
 REPLICAS = "postgresql://postgres@127.0.0.1:5439/postgres"
-PORTS = (2379, 5439, 5440, 5441, 5442, 5443, 8011, 8012, 8013, 7000)
+API = "http://127.0.0.1:8080"
+PORTS = (2379, 5439, 5440, 7000, 8080)
+
+
+def network_left() -> list[str]:
+    """deploy/ha's namespaces and links that exist on this machine."""
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return [
+        name
+        for name in namespaces.split() + [line.split(": ")[1] for line in links.splitlines()]
+        if name.startswith(("bxha", "bxv-"))
+    ]
 
 
 def listening(port: int) -> bool:
@@ -35,6 +49,8 @@ def listening(port: int) -> bool:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[dict[str, str]]:
+    if os.geteuid() != 0:
+        pytest.skip("deploy/ha needs root (network namespaces)")
     missing = [tool for tool in ("etcd", "patroni", "haproxy") if shutil.which(tool) is None]
     if missing or not Path("/usr/lib/postgresql/15/bin/postgres").exists():
         pytest.skip(
@@ -58,6 +74,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, str]]:
         assert down.returncode == 0, down.stderr
         assert not (base / "ha").exists()
         assert [port for port in PORTS if listening(port)] == []
+        assert network_left() == []
         base.rmdir()
 
 
@@ -100,6 +117,14 @@ async def test_up_elects_a_leader_with_a_synchronous_standby_and_down_leaves_not
             break
         await asyncio.sleep(0.2)
     assert replica["replica"] and replica["migrated"]
+    # Both API hosts answer through the load balancer, each from its own namespace.
+    served_by = set()
+    async with httpx.AsyncClient(base_url=API, timeout=5) as http:
+        for _ in range(6):
+            response = await http.get("/readyz")
+            assert response.status_code == 200, response.text
+            served_by.add(response.headers["x-served-by"])
+    assert served_by == {"api1", "api2"}
 
 
 def test_down_after_a_failed_up_cleans_up(tmp_path: Path) -> None:
@@ -107,6 +132,13 @@ def test_down_after_a_failed_up_cleans_up(tmp_path: Path) -> None:
     env = {**os.environ, "BOXOFFICE_HA_DIR": str(tmp_path / "ha")}
     (tmp_path / "ha" / "run").mkdir(parents=True)
     (tmp_path / "ha" / "run" / "etcd.pid").write_text("999999\n")
+    if os.geteuid() == 0 and not network_left():
+        # A namespace and a veth a broken `up` left behind.
+        subprocess.run(["ip", "netns", "add", "bxha-pg1"], check=True)
+        subprocess.run(
+            "ip link add bxv-pg1 type veth peer name eth0 netns bxha-pg1", shell=True, check=True
+        )
     down = subprocess.run([HA / "down"], env=env, capture_output=True, text=True, timeout=60)
     assert down.returncode == 0, down.stderr
     assert not (tmp_path / "ha").exists()
+    assert network_left() == []

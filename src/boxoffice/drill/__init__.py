@@ -1,0 +1,1 @@
+"""Failover drills against deploy/ha's cluster (`./scripts/drill NAME`; docs/deploy.md)."""

@@ -1,0 +1,411 @@
+"""A drill: a fresh cluster, a rush through the load balancer, one fault in the middle of it,
+then the verdict read from the database (what the clients were told against what is there)."""
+
+import asyncio
+import secrets
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from boxoffice.config import Settings
+from boxoffice.db import Database
+from boxoffice.drill.cluster import API_URL, LEADER_URL, Cluster, ClusterError
+from boxoffice.drill.rush import Ledger, Rush, Stream
+from boxoffice.invariants import check_invariants
+from boxoffice.simulate.load import client
+from boxoffice.simulate.runner import Target, event_ticket_ids
+from boxoffice.simulate.scenarios import seated_sections
+
+SEATS = 4000
+# Short holds, so holds lapse during the drill and the sweeper (on whichever node leads) must
+# release them.
+HOLD_SECONDS = 3
+WARM_UP_SECONDS = 5.0
+# After the fault: the rush goes on until requests have succeeded for this long in a row…
+SETTLED_SECONDS = 6.0
+# …but at most this long: a cluster that has not recovered by then fails the drill.
+RECOVERY_LIMIT_SECONDS = 60.0
+QUIET_LIMIT_SECONDS = 20.0
+# No answer may take longer: POOL_TIMEOUT_SECONDS (2) for a connection, plus HAProxy's ~1.5 s
+# to notice a dead leader and cut the sessions a request may be waiting on, plus slack.
+HANG_SECONDS = 5.0
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What a phase breaks, and how the verdict judges the errors it causes."""
+
+    name: str
+    # failover: only 503s may fail; api-host-loss: connection errors for in-flight requests.
+    errors_allowed: str
+
+
+FAULTS = {
+    "kill": Fault("kill", "503"),  # the primary's Patroni and postmaster, SIGKILL
+    "postmaster": Fault("postmaster", "503"),  # the primary's postmaster alone, SIGKILL
+    "netcut": Fault("netcut", "503"),  # the primary's host link down
+    "switchover": Fault("switchover", "503"),  # patronictl switchover
+    "api-kill": Fault("api-kill", "in-flight"),  # one API host's serve, SIGKILL
+    "api-netcut": Fault("api-netcut", "in-flight"),  # one API host's link down
+}
+
+
+async def create_event(target: Target) -> tuple[str, list[int]]:
+    body = {
+        "name": "failover drill",
+        "venue": "deploy/ha",
+        "starts_at": (datetime.now(UTC) + timedelta(days=30)).isoformat(),
+        "hold_seconds": HOLD_SECONDS,
+        "sections": seated_sections(SEATS),
+    }
+    async with client(target.url, connections=1, timeout=30) as http:
+        response = await http.post(
+            "/events", json=body, headers={"Authorization": f"Bearer {target.admin_token}"}
+        )
+        if response.status_code != 201:
+            raise ClusterError(f"POST /events answered {response.status_code}: {response.text}")
+        event_id = str(response.json()["id"])
+    return event_id, await event_ticket_ids(target, event_id, request_timeout=30)
+
+
+def inject(cluster: Cluster, fault: str, say: Say) -> str:
+    """Break the cluster; returns what was broken."""
+    if fault.startswith("api-"):
+        if fault == "api-kill":
+            cluster.kill_api_host("api1")
+        else:
+            cluster.cut("api1")
+        say(f"{fault}: api1")
+        return "api1"
+    leader = cluster.wait_for_leader(seconds=10)
+    if fault == "kill":
+        cluster.kill_node(leader)
+    elif fault == "postmaster":
+        cluster.kill_node(leader, postmaster_only=True)
+    elif fault == "netcut":
+        cluster.cut(leader)
+    elif fault == "switchover":
+        cluster.switchover(leader)
+    say(f"{fault}: {leader}")
+    return leader
+
+
+async def run_until_settled(rush: Rush, fault_at: float) -> bool:
+    """True once requests have succeeded for SETTLED_SECONDS in a row after the fault."""
+    while time.monotonic() - fault_at < RECOVERY_LIMIT_SECONDS:
+        await asyncio.sleep(0.25)
+        now = time.monotonic()
+        answers = rush.ledger.answers
+        last_failure = max((a.finished for a in answers if a.failed), default=fault_at)
+        recent = [a for a in answers if a.started > max(last_failure, fault_at)]
+        if now - max(last_failure, fault_at) >= SETTLED_SECONDS and any(
+            not a.failed for a in recent
+        ):
+            return True
+    return False
+
+
+async def verdict_from_database(
+    database_url: str, ledger: Ledger, stream: Stream, event_id: str, quiet_since: datetime
+) -> dict[str, Any]:
+    """What the clients were told, against the database on the (new) leader."""
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        event = uuid.UUID(event_id)
+        holds = await conn.fetch(
+            """SELECT r.id::text AS id, r.status,
+                      array_agg(rt.ticket_id ORDER BY rt.ticket_id) AS tickets
+               FROM reservations r JOIN reservation_tickets rt ON rt.reservation_id = r.id
+               WHERE r.id = ANY($1::uuid[]) GROUP BY r.id""",
+            list(ledger.holds),
+        )
+        found = {row["id"]: row for row in holds}
+        lost_holds = [
+            hold
+            for hold, tickets in ledger.holds.items()
+            if hold not in found or list(found[hold]["tickets"]) != tickets
+        ]
+        bookings = await conn.fetch(
+            """SELECT b.id::text AS id, b.reservation_id::text AS hold,
+                      (SELECT count(*) FROM tickets t WHERE t.booking_id = b.id) AS tickets
+               FROM bookings b WHERE b.id = ANY($1::uuid[]) AND b.status = 'confirmed'""",
+            list(ledger.bookings.values()),
+        )
+        booked = {row["id"]: row for row in bookings}
+        lost_bookings = [
+            booking
+            for hold, booking in ledger.bookings.items()
+            if booking not in booked
+            or booked[booking]["hold"] != hold
+            or booked[booking]["tickets"] != len(ledger.holds[hold])
+        ]
+        lost_releases = [
+            hold
+            for hold in ledger.released
+            if hold not in found or found[hold]["status"] != "released"
+        ]
+        # Oversold: a seat in two confirmed bookings (the database's view), or two bookings a
+        # client was told of that share a seat (the clients' view).
+        oversold_rows = await conn.fetch(
+            """SELECT rt.ticket_id FROM reservation_tickets rt
+               JOIN bookings b ON b.reservation_id = rt.reservation_id
+               WHERE b.event_id = $1 AND b.status = 'confirmed'
+               GROUP BY rt.ticket_id HAVING count(*) > 1""",
+            event,
+        )
+        told: dict[int, int] = {}
+        for hold in ledger.bookings:
+            for ticket in ledger.holds[hold]:
+                told[ticket] = told.get(ticket, 0) + 1
+        oversold = len(oversold_rows) + sum(1 for count in told.values() if count > 1)
+        statuses = {
+            row["id"]: row["status"][0]
+            for row in await conn.fetch("SELECT id, status FROM tickets WHERE event_id = $1", event)
+        }
+        swept_after = await conn.fetchval(
+            """SELECT count(*) FROM reservations
+               WHERE event_id = $1 AND status = 'expired' AND ended_at > $2""",
+            event,
+            quiet_since,
+        )
+        relay_leaders = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        )
+    finally:
+        await conn.close()
+    mismatched = sorted(t for t, s in statuses.items() if stream.statuses.get(t) != s)
+    announced_not_booked = sorted(t for t in stream.announced_booked if statuses.get(t) != "b")
+    database = Database(Settings(database_url=database_url), url=database_url, size=1)
+    try:
+        violations = await check_invariants(database, event_id=event)
+    finally:
+        await database.close()
+    return {
+        "acknowledged": {
+            "holds": len(ledger.holds),
+            "bookings": len(ledger.bookings),
+            "releases": len(ledger.released),
+        },
+        "acknowledged_lost": len(lost_holds) + len(lost_bookings) + len(lost_releases),
+        "lost": {
+            "holds": lost_holds[:5],
+            "bookings": lost_bookings[:5],
+            "releases": lost_releases[:5],
+        },
+        "oversold": oversold,
+        "invariants": [str(violation) for violation in violations] or "hold",
+        "stream_mismatched_tickets": len(mismatched),
+        "stream_announced_uncommitted": len(announced_not_booked),
+        "swept_after_fault": swept_after,
+        "relay_leaders": relay_leaders,
+    }
+
+
+async def stream_agrees(stream: Stream, event_id: str, *, seconds: float) -> None:
+    """Wait (bounded) until the stream's map equals the database's: the relay on the new
+    leader has caught up and the sweeper has released every lapsed hold."""
+    deadline = time.monotonic() + seconds
+    conn = await asyncpg.connect(LEADER_URL, timeout=10)
+    try:
+        while time.monotonic() < deadline:
+            rows = await conn.fetch(
+                """SELECT id, status,
+                          (status = 'reserved' AND hold_expires_at <= now()) AS lapsed
+                   FROM tickets WHERE event_id = $1""",
+                uuid.UUID(event_id),
+            )
+            if not any(row["lapsed"] for row in rows) and all(
+                stream.statuses.get(row["id"]) == row["status"][0] for row in rows
+            ):
+                return
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+
+
+def judge_errors(ledger: Ledger, fault: Fault, fault_at: float, clients: int) -> dict[str, Any]:
+    failures = ledger.failures()
+    kinds = ledger.kinds()
+    result: dict[str, Any] = {
+        "requests": len(ledger.answers),
+        "failed_requests": len(failures),
+        "errors": dict(kinds),
+        "unavailable_seconds": round(
+            max(a.finished for a in failures) - min(a.started for a in failures), 2
+        )
+        if failures
+        else 0.0,
+        "slowest_answer_seconds": round(
+            max((a.finished - a.started for a in ledger.answers), default=0.0), 2
+        ),
+    }
+    result["non_503_errors"] = sum(count for kind, count in kinds.items() if kind != "503")
+    if fault.errors_allowed == "in-flight":
+        # A host lost mid-rush: each client may lose the one request it had in flight there
+        # (a dropped connection, or HAProxy's 502/504 for it); nothing else may fail.
+        result["in_flight_limit"] = clients
+        after = [a for a in ledger.answers if a.started > fault_at + 2.0]
+        hosts = sorted({a.served_by for a in after})
+        result["served_after_loss"] = {
+            host: sum(1 for a in after if a.served_by == host and not a.failed) for host in hosts
+        }
+    return result
+
+
+async def phase(
+    cluster: Cluster, fault_name: str, *, clients: int, workers: int, seed: int, say: Say
+) -> dict[str, Any]:
+    fault = FAULTS[fault_name]
+    cluster.up(api_hosts=2, workers=workers)
+    target = Target(API_URL, LEADER_URL, cluster.env["ADMIN_TOKEN"])
+    event_id, ticket_ids = await create_event(target)
+    say(f"{fault_name}: event {event_id}, {len(ticket_ids)} seats, {clients} clients")
+    async with (
+        client(API_URL, connections=clients + 2, timeout=15.0) as http,
+        client(API_URL, connections=1, timeout=15.0) as stream_http,
+    ):
+        rush = Rush(http, event_id, ticket_ids, seed)
+        stream = Stream(stream_http, event_id)
+        follow = asyncio.create_task(stream.follow(rush.stop))
+        buyers = [asyncio.create_task(rush.buyer(n)) for n in range(clients)]
+        await asyncio.sleep(WARM_UP_SECONDS)
+        broken = await asyncio.to_thread(inject, cluster, fault_name, say)
+        fault_at = time.monotonic()
+        recovered = await run_until_settled(rush, fault_at)
+        rush.stop.set()
+        await asyncio.gather(*buyers)
+        leader_after = await asyncio.to_thread(cluster.leader)
+        conn = await asyncpg.connect(LEADER_URL, timeout=10)
+        try:
+            quiet_since = await conn.fetchval("SELECT now()")
+        finally:
+            await conn.close()
+        # The rush is over: only the sweeper releases lapsed holds now, and the stream must
+        # come to agree with the database.
+        await stream_agrees(stream, event_id, seconds=QUIET_LIMIT_SECONDS)
+        follow.cancel()
+        await asyncio.gather(follow, return_exceptions=True)
+    result: dict[str, Any] = {"fault": fault_name, "broken": broken, "leader_after": leader_after}
+    result |= judge_errors(rush.ledger, fault, fault_at, clients)
+    result |= await verdict_from_database(LEADER_URL, rush.ledger, stream, event_id, quiet_since)
+    result["recovered"] = recovered
+    result["stream_reconnects"] = stream.reconnects
+    result["stream_changes_after_fault"] = sum(1 for t in stream.changes if t > fault_at)
+    result["violations"] = violations_of(result, fault, clients)
+    return result
+
+
+def violations_of(result: dict[str, Any], fault: Fault, clients: int) -> list[str]:
+    problems = []
+    if result["acknowledged_lost"]:
+        problems.append(f"{result['acknowledged_lost']} acknowledged change(s) lost")
+    if result["oversold"]:
+        problems.append(f"{result['oversold']} seat(s) oversold")
+    if result["invariants"] != "hold":
+        problems.append("invariants broken")
+    if not result["recovered"]:
+        problems.append(f"no steady service within {RECOVERY_LIMIT_SECONDS:.0f} s of the fault")
+    if fault.errors_allowed == "503" and result["non_503_errors"]:
+        problems.append(f"{result['non_503_errors']} error(s) other than 503")
+    if result["slowest_answer_seconds"] > HANG_SECONDS:
+        problems.append(f"an answer took {result['slowest_answer_seconds']} s")
+    if fault.errors_allowed == "in-flight":
+        if result["failed_requests"] > clients:
+            problems.append(
+                f"{result['failed_requests']} failed requests: more than the {clients} in flight"
+            )
+        if "503" in result["errors"]:
+            problems.append("503s: the surviving host did not serve on")
+        if result["served_after_loss"].get(result["broken"]):
+            problems.append("the lost host still answered")
+        if not any(count for host, count in result["served_after_loss"].items()):
+            problems.append("nothing served after the loss")
+    if result["stream_mismatched_tickets"]:
+        problems.append(
+            f"the stream disagrees with the database on "
+            f"{result['stream_mismatched_tickets']} ticket(s)"
+        )
+    if result["stream_announced_uncommitted"]:
+        problems.append("the stream announced bookings that are not in the database")
+    if not result["swept_after_fault"]:
+        problems.append("no lapsed hold was swept after the fault")
+    if result["relay_leaders"] < 1:
+        problems.append("no relay holds its lock on the leader")
+    return problems
+
+
+DRILLS = {
+    "failover": ("kill", "netcut"),
+    "switchover": ("switchover",),
+    "api-host-loss": ("api-kill", "api-netcut"),
+}
+
+
+async def drill(
+    name: str,
+    *,
+    phases: list[str] | None,
+    repeat: int,
+    clients: int,
+    workers: int,
+    directory: Path,
+    say: Say,
+) -> dict[str, Any]:
+    import os
+
+    env = {
+        **os.environ,
+        "BOXOFFICE_HA_DIR": str(directory),
+        "ADMIN_TOKEN": secrets.token_urlsafe(24),
+        "SERVER_SECRET": secrets.token_urlsafe(32),
+        # Every client comes from this machine; the rush is what is drilled, not the limits.
+        "RATE_LIMIT_RESERVATIONS_PER_MINUTE": "0",
+        "RATE_LIMIT_QUEUE_PER_MINUTE": "0",
+        "SWEEP_INTERVAL_SECONDS": "1",
+        "LOG_FORMAT": "json",
+    }
+    cluster = Cluster(directory, env)
+    results = []
+    started = time.monotonic()
+    try:
+        for round_ in range(repeat):
+            for fault in phases or DRILLS[name]:
+                result = await phase(
+                    cluster, fault, clients=clients, workers=workers, seed=round_, say=say
+                )
+                say(
+                    f"{fault}: {result['requests']} requests, unavailable "
+                    f"{result['unavailable_seconds']} s, errors {result['errors']}, "
+                    f"violations {result['violations'] or 'none'}"
+                )
+                results.append(result)
+    finally:
+        await asyncio.to_thread(cluster.down)
+    unavailable = [r["unavailable_seconds"] for r in results]
+    return {
+        "drill": name,
+        "ok": not any(r["violations"] for r in results),
+        "acknowledged_lost": sum(r["acknowledged_lost"] for r in results),
+        "oversold": sum(r["oversold"] for r in results),
+        "invariants": "hold"
+        if all(r["invariants"] == "hold" for r in results)
+        else [v for r in results if r["invariants"] != "hold" for v in r["invariants"]],
+        "non_503_errors": sum(r["non_503_errors"] for r in results),
+        "unavailable_seconds": {
+            "min": min(unavailable),
+            "median": round(statistics.median(unavailable), 2),
+            "max": max(unavailable),
+        },
+        "violations": [f"{r['fault']}: {v}" for r in results for v in r["violations"]],
+        "seconds": round(time.monotonic() - started, 1),
+        "phases": results,
+    }
