@@ -3,9 +3,11 @@ the database itself refuse states I1–I4 forbid."""
 
 import asyncio
 import hashlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import asyncpg
@@ -21,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from boxoffice.config import Settings
 from boxoffice.migrate import alembic_config, downgrade, upgrade
 from tests.conftest import ADMIN_TOKEN, Databases, create_engine
+
+PROJECT = Path(__file__).resolve().parent.parent
 
 
 def sqlstate(error: BaseException) -> str | None:
@@ -342,3 +346,37 @@ async def test_keys_stored_before_0004_are_found_under_their_hash(databases: Dat
     finally:
         await conn.close()
     assert stored == hashlib.sha256(b"retry-me").hexdigest()
+
+
+@pytest.mark.system
+async def test_hosts_starting_together_migrate_and_seed_once(
+    databases: Databases, tmp_path: Path
+) -> None:
+    """Three `boxoffice seed`s (what each API host's `serve` does first: migrate, then the demo
+    events on an empty database) at once on a fresh database: one migrates and seeds, the others
+    wait for it and find it done."""
+    url = await fresh_database(databases)
+    env = {**os.environ, "DATABASE_URL": url, "DATA_DIR": str(tmp_path)}
+    env.pop("MIGRATE_DATABASE_URL", None)
+    hosts = [
+        await asyncio.create_subprocess_exec(
+            str(PROJECT / ".venv" / "bin" / "boxoffice"),
+            "seed",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        for _ in range(3)
+    ]
+    outputs = [(await host.communicate())[0].decode() for host in hosts]
+    assert [host.returncode for host in hosts] == [0, 0, 0], outputs
+    assert sum("seeded" in output and "nothing seeded" not in output for output in outputs) == 1
+    conn = await asyncpg.connect(url)
+    try:
+        names = await conn.fetch("SELECT name FROM events ORDER BY name")
+        versions = await conn.fetch("SELECT version_num FROM alembic_version")
+    finally:
+        await conn.close()
+    assert len(names) == len({row["name"] for row in names}) == 4
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    assert [row["version_num"] for row in versions] == [head]

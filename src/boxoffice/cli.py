@@ -135,7 +135,8 @@ async def _seed(url: str, settings: Settings, *, force: bool = False) -> int:
     from boxoffice.db import Database
     from boxoffice.seed import seed_demo
 
-    db = Database(settings, url=url)
+    # Two connections: one holds the seed's lock while the other does the work.
+    db = Database(settings, url=url, size=2)
     try:
         return await seed_demo(db, hold_seconds=settings.hold_seconds, force=force)
     finally:

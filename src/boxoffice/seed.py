@@ -16,6 +16,9 @@ from boxoffice.events.schemas import EventCreate, GeneralAdmissionIn, SectionIn
 from boxoffice.events.service import create_event
 from boxoffice.reservations.demo import reset_to_unsold
 
+# pg_advisory_lock key of the demo seed ("bxseed" in ASCII).
+SEED_LOCK = 0x62787365_6564
+
 
 def demo_events(now: dt.datetime) -> list[EventCreate]:
     return [
@@ -139,9 +142,20 @@ async def seed_demo(db: Database, *, hold_seconds: int, force: bool = False) -> 
     """On an empty database (or with `force`): the original demo's data set first, so its ten
     tickets come first in its `GET /tickets`, then boxoffice's demo events. Returns how many
     events were created."""
-    has_events = await db.fetchval("SELECT EXISTS (SELECT 1 FROM events)")
-    if has_events and not force:
-        return 0
+    # Several hosts starting on one empty database: one seeds, the others wait and then find
+    # its events (a session lock, held on a connection of its own while others do the work).
+    async with db.connection() as locked:
+        await locked.execute("SELECT pg_advisory_lock($1)", SEED_LOCK)
+        try:
+            has_events = await db.fetchval("SELECT EXISTS (SELECT 1 FROM events)")
+            if has_events and not force:
+                return 0
+            return await _seed_demo(db, hold_seconds=hold_seconds)
+        finally:
+            await locked.execute("SELECT pg_advisory_unlock($1)", SEED_LOCK)
+
+
+async def _seed_demo(db: Database, *, hold_seconds: int) -> int:
     original = await seed_original_demo(db, hold_seconds=hold_seconds)
     now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
     events = demo_events(now)

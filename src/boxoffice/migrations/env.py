@@ -27,6 +27,9 @@ target_metadata = Base.metadata
 # Revision ids are four-digit numbers in order (0001 the initial schema), and alembic.ini's
 # file_template `%(rev)s_%(slug)s` makes them the file names: versions/0001_initial_schema.py.
 REVISION_ID = re.compile(r"\d{4}")
+# pg_advisory_xact_lock key ("bxmigrat" in ASCII) that serialises migrations: several API hosts
+# starting together on one database would otherwise run the same DDL at once.
+MIGRATION_LOCK = 0x62786D69_67726174
 
 
 def number_new_revision(_context: Any, _revision: Any, directives: Iterable[Any]) -> None:
@@ -55,6 +58,10 @@ def _run(connection: Connection) -> None:
         process_revision_directives=number_new_revision,
     )
     with context.begin_transaction():
+        # Taken before alembic reads the schema's version: a second migrator waits for the
+        # first to commit, then finds the schema at head and has nothing left to do.
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         context.run_migrations()
 
 
