@@ -80,8 +80,10 @@ def test_losing_an_api_host_costs_only_its_requests_in_flight() -> None:
     verdict = run_drill("api-host-loss")
     assert [phase["fault"] for phase in verdict["phases"]] == ["api-kill", "api-netcut"]
     for phase in verdict["phases"]:
-        assert phase["failed_requests"] <= phase["in_flight_limit"]
-        assert "503" not in phase["errors"]
+        # Requests the host had taken may fail; none sent after HAProxy took it out.
+        assert phase["host_out_after_seconds"] is not None, phase
+        assert phase["failed_after_host_out"] == 0, phase
+        assert "503" not in phase["errors"], phase
         assert phase["served_after_loss"].get("api1", 0) == 0
         assert phase["served_after_loss"]["api2"] > 0
         assert phase["acknowledged_lost"] == 0

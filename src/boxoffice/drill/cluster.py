@@ -18,6 +18,7 @@ DATABASE_NODES = ("pg1", "pg2", "pg3")
 LEADER_URL = "postgresql://postgres@127.0.0.1:5440/postgres"
 API_URL = "http://127.0.0.1:8080"
 UP_SECONDS = 150.0
+STATS_CSV = "http://127.0.0.1:7000/;csv"
 
 
 class ClusterError(Exception):
@@ -96,6 +97,18 @@ class Cluster:
     def cut(self, host: str) -> None:
         """Take the host's link down: it keeps running, but nothing reaches it or leaves it."""
         subprocess.run(["ip", "link", "set", f"bxv-{host}", "down"], check=True, timeout=10)
+
+    def balancer_status(self, backend: str, server: str) -> str:
+        """HAProxy's view of a server (`UP`, `DOWN`, `UP 1/2` while going down, …)."""
+        try:
+            with urllib.request.urlopen(STATS_CSV, timeout=1) as reply:
+                for line in reply.read().decode().splitlines():
+                    fields = line.split(",")
+                    if fields[:2] == [backend, server]:
+                        return str(fields[17])
+        except OSError:
+            pass
+        return ""
 
     def switchover(self, leader: str) -> None:
         config = self.directory / leader / "patroni.yml"
