@@ -59,6 +59,7 @@ def test_failover_loses_nothing_a_client_was_told_of() -> None:
         assert phase["swept_after_fault"] > 0
         assert phase["stream_changes_after_fault"] > 0
         assert phase["stream_mismatched_tickets"] == 0
+        assert phase["relay_host"] in ("api1", "api2")
     assert verdict["ok"], verdict["violations"]
 
 
@@ -80,12 +81,19 @@ def test_losing_an_api_host_costs_only_its_requests_in_flight() -> None:
     verdict = run_drill("api-host-loss")
     assert [phase["fault"] for phase in verdict["phases"]] == ["api-kill", "api-netcut"]
     for phase in verdict["phases"]:
+        # The drill breaks the host whose worker relays the live feed.
+        lost = phase["broken"]
+        [survivor] = {"api1", "api2"} - {lost}
+        assert phase["relay_host_before"] == lost, phase
         # Requests the host had taken may fail; none sent after HAProxy took it out.
         assert phase["host_out_after_seconds"] is not None, phase
         assert phase["failed_after_host_out"] == 0, phase
+        assert phase["failed_not_in_flight"] == 0, phase
+        # The other host's worker relays the live feed now.
+        assert phase["relay_host"] == survivor, phase
         assert "503" not in phase["errors"], phase
-        assert phase["served_after_loss"].get("api1", 0) == 0
-        assert phase["served_after_loss"]["api2"] > 0
+        assert phase["served_after_loss"].get(lost, 0) == 0, phase
+        assert phase["served_after_loss"][survivor] > 0, phase
         assert phase["acknowledged_lost"] == 0
         assert phase["invariants"] == "hold"
     assert verdict["ok"], verdict["violations"]

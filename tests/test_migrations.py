@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice.config import Settings
 from boxoffice.migrate import alembic_config, downgrade, upgrade
+from boxoffice.seed import SEED_LOCK
 from tests.conftest import ADMIN_TOKEN, Databases, create_engine
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -358,6 +359,10 @@ async def test_hosts_starting_together_migrate_and_seed_once(
     url = await fresh_database(databases)
     env = {**os.environ, "DATABASE_URL": url, "DATA_DIR": str(tmp_path)}
     env.pop("MIGRATE_DATABASE_URL", None)
+    # The seed's lock, taken here first: all three must wait for it far longer than the
+    # service's lock_timeout (100 ms), as hosts do behind one that seeds a slow database.
+    holder = await asyncpg.connect(url)
+    await holder.execute("SELECT pg_advisory_lock($1)", SEED_LOCK)
     hosts = [
         await asyncio.create_subprocess_exec(
             str(PROJECT / ".venv" / "bin" / "boxoffice"),
@@ -368,6 +373,15 @@ async def test_hosts_starting_together_migrate_and_seed_once(
         )
         for _ in range(3)
     ]
+    waited_long = """SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                      WHERE l.locktype = 'advisory' AND NOT l.granted
+                        AND l.objid = $1 AND now() - a.query_start > interval '1 second'"""
+    deadline = asyncio.get_running_loop().time() + 60
+    while await holder.fetchval(waited_long, SEED_LOCK & 0xFFFFFFFF) < 3:
+        assert asyncio.get_running_loop().time() < deadline, "the hosts never waited"
+        assert all(host.returncode is None for host in hosts), "a host gave up waiting"
+        await asyncio.sleep(0.1)
+    await holder.close()
     outputs = [(await host.communicate())[0].decode() for host in hosts]
     assert [host.returncode for host in hosts] == [0, 0, 0], outputs
     assert sum("seeded" in output and "nothing seeded" not in output for output in outputs) == 1

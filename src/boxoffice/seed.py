@@ -145,6 +145,9 @@ async def seed_demo(db: Database, *, hold_seconds: int, force: bool = False) -> 
     # Several hosts starting on one empty database: one seeds, the others wait and then find
     # its events (a session lock, held on a connection of its own while others do the work).
     async with db.connection() as locked:
+        # The service's lock_timeout (a busy seat is a fast 409) would end this wait in 100 ms;
+        # here waiting is the point. RESET restores the connection's own settings.
+        await locked.execute("SET lock_timeout = 0; SET statement_timeout = 0")
         await locked.execute("SELECT pg_advisory_lock($1)", SEED_LOCK)
         try:
             has_events = await db.fetchval("SELECT EXISTS (SELECT 1 FROM events)")
@@ -153,6 +156,7 @@ async def seed_demo(db: Database, *, hold_seconds: int, force: bool = False) -> 
             return await _seed_demo(db, hold_seconds=hold_seconds)
         finally:
             await locked.execute("SELECT pg_advisory_unlock($1)", SEED_LOCK)
+            await locked.execute("RESET lock_timeout; RESET statement_timeout")
 
 
 async def _seed_demo(db: Database, *, hold_seconds: int) -> int:

@@ -24,6 +24,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="workers per API host")
     args = parser.parse_args()
+    if args.repeat < 1 or args.clients < 1 or args.workers < 1:
+        parser.error("--repeat, --clients and --workers take a positive number")
     phases = args.phases.split(",") if args.phases else None
     unknown = [fault for fault in phases or [] if fault not in FAULTS]
     if unknown:

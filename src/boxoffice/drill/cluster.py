@@ -49,6 +49,10 @@ class Cluster:
         if result.returncode != 0:
             raise ClusterError(f"deploy/ha/up failed:\n{result.stderr[-3000:]}")
 
+    def network_exists(self) -> bool:
+        """Whether deploy/ha's bridge exists (a cluster is up, or was left over)."""
+        return Path("/sys/class/net/bxha0").exists()
+
     def down(self) -> None:
         subprocess.run([str(HA / "down")], env=self.env, capture_output=True, timeout=120)
 
@@ -118,5 +122,6 @@ class Cluster:
             text=True,
             timeout=60,
         )
-        if result.returncode != 0:
+        # patronictl reports a refused switchover on its output, exiting 0.
+        if result.returncode != 0 or "failed" in result.stdout.lower():
             raise ClusterError(f"patronictl switchover failed: {result.stderr or result.stdout}")

@@ -19,6 +19,7 @@ from boxoffice.db import Database
 from boxoffice.drill.cluster import API_URL, LEADER_URL, Cluster, ClusterError
 from boxoffice.drill.rush import Ledger, Rush, Stream
 from boxoffice.invariants import check_invariants
+from boxoffice.live.relay import RELAY_LOCK
 from boxoffice.simulate.load import client
 from boxoffice.simulate.runner import Target, event_ticket_ids
 from boxoffice.simulate.scenarios import seated_sections
@@ -33,9 +34,10 @@ SETTLED_SECONDS = 6.0
 # …but at most this long: a cluster that has not recovered by then fails the drill.
 RECOVERY_LIMIT_SECONDS = 60.0
 QUIET_LIMIT_SECONDS = 20.0
-# No answer may take longer: POOL_TIMEOUT_SECONDS (2) for a connection, plus HAProxy's ~1.5 s
-# to notice a dead leader and cut the sessions a request may be waiting on, plus slack.
-HANG_SECONDS = 5.0
+# No answer may take longer: at most POOL_TIMEOUT_SECONDS (2) waiting for a connection, or
+# HAProxy's ~1.5 s to notice a dead leader and cut the session a request waits on, plus the
+# trip through the load balancer on a machine the rush keeps busy.
+HANG_SECONDS = 3.5
 
 Say = Callable[[str], None]
 
@@ -77,15 +79,15 @@ async def create_event(target: Target) -> tuple[str, list[int]]:
     return event_id, await event_ticket_ids(target, event_id, request_timeout=30)
 
 
-def inject(cluster: Cluster, fault: str, say: Say) -> str:
+def inject(cluster: Cluster, fault: str, say: Say, *, api_host: str) -> str:
     """Break the cluster; returns what was broken."""
     if fault.startswith("api-"):
         if fault == "api-kill":
-            cluster.kill_api_host("api1")
+            cluster.kill_api_host(api_host)
         else:
-            cluster.cut("api1")
-        say(f"{fault}: api1")
-        return "api1"
+            cluster.cut(api_host)
+        say(f"{fault}: {api_host}")
+        return api_host
     leader = cluster.wait_for_leader(seconds=10)
     if fault == "kill":
         cluster.kill_node(leader)
@@ -97,6 +99,35 @@ def inject(cluster: Cluster, fault: str, say: Say) -> str:
         cluster.switchover(leader)
     say(f"{fault}: {leader}")
     return leader
+
+
+async def relay_host() -> str | None:
+    """Which API host's worker holds the relay's lock on the leader (the session's
+    application_name carries the worker's pid); `gone` if that process no longer exists."""
+    conn = await asyncpg.connect(LEADER_URL, timeout=10)
+    try:
+        holder = await conn.fetchval(
+            """SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+               WHERE l.locktype = 'advisory' AND l.granted
+                 AND l.classid::bigint = $1 AND l.objid::bigint = $2""",
+            RELAY_LOCK >> 32,
+            RELAY_LOCK & 0xFFFFFFFF,
+        )
+    finally:
+        await conn.close()
+    if holder is None:
+        return None
+    pid = holder.rpartition("/")[2]
+    found = await asyncio.create_subprocess_exec(
+        "ip",
+        "netns",
+        "identify",
+        pid,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    namespace = (await found.communicate())[0].decode().strip()
+    return namespace.removeprefix("bxha-") if namespace else "gone"
 
 
 async def until_marked_down(cluster: Cluster, host: str) -> float | None:
@@ -187,9 +218,6 @@ async def verdict_from_database(
             event,
             quiet_since,
         )
-        relay_leaders = await conn.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-        )
     finally:
         await conn.close()
     mismatched = sorted(t for t, s in statuses.items() if stream.statuses.get(t) != s)
@@ -216,24 +244,21 @@ async def verdict_from_database(
         "stream_mismatched_tickets": len(mismatched),
         "stream_announced_uncommitted": len(announced_not_booked),
         "swept_after_fault": swept_after,
-        "relay_leaders": relay_leaders,
     }
 
 
 async def stream_agrees(stream: Stream, event_id: str, *, seconds: float) -> None:
-    """Wait (bounded) until the stream's map equals the database's: the relay on the new
-    leader has caught up and the sweeper has released every lapsed hold."""
+    """Wait (bounded) until no seat is held any more (every hold lapsed and swept: nothing can
+    change after that) and the stream's map equals the database's: the relay on the new
+    leader has caught up."""
     deadline = time.monotonic() + seconds
     conn = await asyncpg.connect(LEADER_URL, timeout=10)
     try:
         while time.monotonic() < deadline:
             rows = await conn.fetch(
-                """SELECT id, status,
-                          (status = 'reserved' AND hold_expires_at <= now()) AS lapsed
-                   FROM tickets WHERE event_id = $1""",
-                uuid.UUID(event_id),
+                "SELECT id, status FROM tickets WHERE event_id = $1", uuid.UUID(event_id)
             )
-            if not any(row["lapsed"] for row in rows) and all(
+            if all(row["status"] != "reserved" for row in rows) and all(
                 stream.statuses.get(row["id"]) == row["status"][0] for row in rows
             ):
                 return
@@ -243,7 +268,7 @@ async def stream_agrees(stream: Stream, event_id: str, *, seconds: float) -> Non
 
 
 def judge_errors(
-    ledger: Ledger, fault: Fault, fault_at: float, out_at: float | None
+    ledger: Ledger, fault: Fault, fault_at: float, out_at: float | None, broken: str
 ) -> dict[str, Any]:
     failures = ledger.failures()
     kinds = ledger.kinds()
@@ -259,8 +284,14 @@ def judge_errors(
         "slowest_answer_seconds": round(
             max((a.finished - a.started for a in ledger.answers), default=0.0), 2
         ),
+        "acknowledged_after_fault": sum(
+            1
+            for a in ledger.answers
+            if a.started > fault_at and not a.failed and a.status and a.status < 300
+        ),
     }
     result["non_503_errors"] = sum(count for kind, count in kinds.items() if kind != "503")
+    result["improper_503s"] = sum(1 for a in failures if not a.proper_503)
     if fault.errors_allowed == "in-flight":
         # A host lost mid-rush: requests it had taken (in flight, or sent to it before the
         # load balancer noticed) may fail; none sent after it was taken out may.
@@ -269,6 +300,13 @@ def judge_errors(
         )
         result["failed_after_host_out"] = (
             sum(1 for a in failures if a.started > out_at) if out_at is not None else None
+        )
+        result["failed_not_in_flight"] = sum(
+            1
+            for a in failures
+            if a.finished < fault_at
+            or (a.status is not None and a.status not in (502, 504))
+            or a.served_by not in ("", broken)
         )
         after = [a for a in ledger.answers if out_at is not None and a.started > out_at]
         hosts = sorted({a.served_by for a in after})
@@ -295,7 +333,11 @@ async def phase(
         follow = asyncio.create_task(stream.follow(rush.stop))
         buyers = [asyncio.create_task(rush.buyer(n)) for n in range(clients)]
         await asyncio.sleep(WARM_UP_SECONDS)
-        broken = await asyncio.to_thread(inject, cluster, fault_name, say)
+        # An API host is lost with the relay's lock, the harder case: the other host must
+        # take the live feed over.
+        relay_before = await relay_host()
+        api_host = relay_before if relay_before in ("api1", "api2") else "api1"
+        broken = await asyncio.to_thread(inject, cluster, fault_name, say, api_host=api_host)
         fault_at = time.monotonic()
         marked_down = asyncio.create_task(until_marked_down(cluster, broken))
         recovered = await run_until_settled(rush, fault_at)
@@ -312,11 +354,18 @@ async def phase(
         # The rush is over: only the sweeper releases lapsed holds now, and the stream must
         # come to agree with the database.
         await stream_agrees(stream, event_id, seconds=QUIET_LIMIT_SECONDS)
+        # Still following while the database is read, so both see the same settled state.
+        verdict = await verdict_from_database(
+            LEADER_URL, rush.ledger, stream, event_id, quiet_since
+        )
+        relay = await relay_host()
         follow.cancel()
         await asyncio.gather(follow, return_exceptions=True)
     result: dict[str, Any] = {"fault": fault_name, "broken": broken, "leader_after": leader_after}
-    result |= judge_errors(rush.ledger, fault, fault_at, out_at)
-    result |= await verdict_from_database(LEADER_URL, rush.ledger, stream, event_id, quiet_since)
+    result["relay_host_before"] = relay_before
+    result |= judge_errors(rush.ledger, fault, fault_at, out_at, broken)
+    result |= verdict
+    result["relay_host"] = relay
     result["recovered"] = recovered
     result["stream_reconnects"] = stream.reconnects
     result["stream_changes_after_fault"] = sum(1 for t in stream.changes if t > fault_at)
@@ -332,10 +381,21 @@ def violations_of(result: dict[str, Any], fault: Fault) -> list[str]:
         problems.append(f"{result['oversold']} seat(s) oversold")
     if result["invariants"] != "hold":
         problems.append("invariants broken")
+    if fault.name in ("kill", "netcut", "switchover") and result["leader_after"] in (
+        None,
+        result["broken"],
+    ):
+        problems.append(
+            f"no other node leads after the {fault.name} (leader: {result['leader_after']})"
+        )
+    if not result["acknowledged_after_fault"]:
+        problems.append("nothing was acknowledged after the fault")
     if not result["recovered"]:
         problems.append(f"no steady service within {RECOVERY_LIMIT_SECONDS:.0f} s of the fault")
     if fault.errors_allowed == "503" and result["non_503_errors"]:
         problems.append(f"{result['non_503_errors']} error(s) other than 503")
+    if result["improper_503s"]:
+        problems.append(f"{result['improper_503s']} 503(s) without Retry-After or problem+json")
     if result["slowest_answer_seconds"] > HANG_SECONDS:
         problems.append(f"an answer took {result['slowest_answer_seconds']} s")
     if fault.errors_allowed == "in-flight":
@@ -345,6 +405,11 @@ def violations_of(result: dict[str, Any], fault: Fault) -> list[str]:
             problems.append(
                 f"{result['failed_after_host_out']} request(s) failed after the lost host "
                 "was taken out"
+            )
+        if result["failed_not_in_flight"]:
+            problems.append(
+                f"{result['failed_not_in_flight']} failure(s) that were not a request in "
+                "flight on the lost host"
             )
         if "503" in result["errors"]:
             problems.append("503s: the surviving host did not serve on")
@@ -361,9 +426,24 @@ def violations_of(result: dict[str, Any], fault: Fault) -> list[str]:
         problems.append("the stream announced bookings that are not in the database")
     if not result["swept_after_fault"]:
         problems.append("no lapsed hold was swept after the fault")
-    if result["relay_leaders"] < 1:
-        problems.append("no relay holds its lock on the leader")
+    if result["relay_host"] in (None, "gone"):
+        problems.append(f"no live relay holds its lock on the leader ({result['relay_host']})")
+    elif result["relay_host"] == result["broken"]:
+        problems.append(f"the relay's lock is still held by the lost {result['broken']}")
     return problems
+
+
+def unfinished(fault: str, why: str) -> dict[str, Any]:
+    """A phase that broke off (no leader came back, the API never answered, …)."""
+    return {
+        "fault": fault,
+        "acknowledged_lost": 0,
+        "oversold": 0,
+        "invariants": "hold",
+        "non_503_errors": 0,
+        "unavailable_seconds": None,
+        "violations": [f"the drill could not finish: {why}"],
+    }
 
 
 DRILLS = {
@@ -397,14 +477,19 @@ async def drill(
         "LOG_FORMAT": "json",
     }
     cluster = Cluster(directory, env)
+    if cluster.network_exists():
+        raise ClusterError("a deploy/ha cluster is up: run deploy/ha/down first")
     results = []
     started = time.monotonic()
     try:
         for round_ in range(repeat):
             for fault in phases or DRILLS[name]:
-                result = await phase(
-                    cluster, fault, clients=clients, workers=workers, seed=round_, say=say
-                )
+                try:
+                    result = await phase(
+                        cluster, fault, clients=clients, workers=workers, seed=round_, say=say
+                    )
+                except Exception as error:  # a drill that cannot finish is a failed drill
+                    result = unfinished(fault, f"{type(error).__name__}: {error}")
                 say(
                     f"{fault}: {result['requests']} requests, unavailable "
                     f"{result['unavailable_seconds']} s, errors {result['errors']}, "
@@ -413,7 +498,9 @@ async def drill(
                 results.append(result)
     finally:
         await asyncio.to_thread(cluster.down)
-    unavailable = [r["unavailable_seconds"] for r in results]
+    unavailable = [
+        r["unavailable_seconds"] for r in results if r["unavailable_seconds"] is not None
+    ]
     return {
         "drill": name,
         "ok": not any(r["violations"] for r in results),
@@ -427,7 +514,9 @@ async def drill(
             "min": min(unavailable),
             "median": round(statistics.median(unavailable), 2),
             "max": max(unavailable),
-        },
+        }
+        if unavailable
+        else None,
         "violations": [f"{r['fault']}: {v}" for r in results for v in r["violations"]],
         "seconds": round(time.monotonic() - started, 1),
         "phases": results,

@@ -30,6 +30,8 @@ class Answer:
     status: int | None  # None: no HTTP answer (the connection failed or timed out)
     error: str = ""
     served_by: str = ""
+    # A 503 must say when to come back (Retry-After) in the one error format.
+    proper_503: bool = True
 
     @property
     def failed(self) -> bool:
@@ -101,6 +103,12 @@ class Rush:
                 response.status_code if response is not None else None,
                 error,
                 response.headers.get("x-served-by", "") if response is not None else "",
+                response is None
+                or response.status_code != 503
+                or (
+                    "retry-after" in response.headers
+                    and response.headers.get("content-type") == "application/problem+json"
+                ),
             )
             self.ledger.answers.append(answer)
             if not answer.failed or self.stop.is_set():
