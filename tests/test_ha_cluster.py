@@ -28,7 +28,7 @@ HA = Path(__file__).parent.parent / "deploy" / "ha"
 LEADER = "postgresql://postgres@127.0.0.1:5440/postgres"
 REPLICAS = "postgresql://postgres@127.0.0.1:5439/postgres"
 API = "http://127.0.0.1:8080"
-PORTS = (2379, 5439, 5440, 7000, 8080)
+PORTS = (2379, 5439, 5440, 7000, 8080, 8081)
 
 
 def network_left() -> list[str]:

@@ -32,6 +32,7 @@ class Answer:
     served_by: str = ""
     # A 503 must say when to come back (Retry-After) in the one error format.
     proper_503: bool = True
+    retry: bool = False  # the same request again, after a failed attempt
 
     @property
     def failed(self) -> bool:
@@ -86,6 +87,7 @@ class Rush:
         headers = {"Idempotency-Key": str(uuid.uuid4())} if keyed else {}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        retry = False
         while True:
             started = time.monotonic()
             response: httpx.Response | None = None
@@ -109,7 +111,9 @@ class Rush:
                     "retry-after" in response.headers
                     and response.headers.get("content-type") == "application/problem+json"
                 ),
+                retry,
             )
+            retry = True
             self.ledger.answers.append(answer)
             if not answer.failed or self.stop.is_set():
                 return response
