@@ -159,7 +159,12 @@ async def run_until_settled(rush: Rush, fault_at: float) -> bool:
 
 
 async def verdict_from_database(
-    database_url: str, ledger: Ledger, stream: Stream, event_id: str, quiet_since: datetime
+    database_url: str,
+    ledger: Ledger,
+    stream: Stream,
+    event_id: str,
+    quiet_since: datetime,
+    fault_wall: datetime | None = None,
 ) -> dict[str, Any]:
     """What the clients were told, against the database on the (new) leader."""
     conn = await asyncpg.connect(database_url, timeout=10)
@@ -221,6 +226,12 @@ async def verdict_from_database(
             event,
             quiet_since,
         )
+        # E-mail owed by bookings and sent since the fault: the outbox senders work on the new
+        # leader. (The database's clock is this machine's.)
+        mail_sent_after = await conn.fetchval(
+            "SELECT count(*) FROM outbox_messages WHERE sent_at > $1",
+            fault_wall or quiet_since,
+        )
     finally:
         await conn.close()
     mismatched = sorted(t for t, s in statuses.items() if stream.statuses.get(t) != s)
@@ -247,6 +258,7 @@ async def verdict_from_database(
         "stream_mismatched_tickets": len(mismatched),
         "stream_announced_uncommitted": len(announced_not_booked),
         "swept_after_fault": swept_after,
+        "mail_sent_after_fault": mail_sent_after,
     }
 
 
@@ -290,6 +302,11 @@ def judge_errors(
         ),
         "slowest_retry_seconds": round(
             max((a.finished - a.started for a in ledger.answers if a.retry), default=0.0), 2
+        ),
+        "bookings_after_fault": sum(
+            1
+            for a in ledger.answers
+            if a.action == "confirm" and a.started > fault_at and a.status in (200, 201)
         ),
         "acknowledged_after_fault": sum(
             1
@@ -344,6 +361,7 @@ async def phase(
         # take the live feed over.
         relay_before = await relay_host()
         api_host = relay_before if relay_before in ("api1", "api2") else "api1"
+        fault_wall = datetime.now(UTC)
         broken = await asyncio.to_thread(inject, cluster, fault_name, say, api_host=api_host)
         fault_at = time.monotonic()
         marked_down = asyncio.create_task(until_marked_down(cluster, broken))
@@ -363,7 +381,7 @@ async def phase(
         await stream_agrees(stream, event_id, seconds=QUIET_LIMIT_SECONDS)
         # Still following while the database is read, so both see the same settled state.
         verdict = await verdict_from_database(
-            LEADER_URL, rush.ledger, stream, event_id, quiet_since
+            LEADER_URL, rush.ledger, stream, event_id, quiet_since, fault_wall
         )
         relay = await relay_host()
         follow.cancel()
@@ -436,6 +454,8 @@ def violations_of(result: dict[str, Any], fault: Fault) -> list[str]:
         )
     if result["stream_announced_uncommitted"]:
         problems.append("the stream announced bookings that are not in the database")
+    if result["bookings_after_fault"] and not result["mail_sent_after_fault"]:
+        problems.append("bookings made after the fault, and no e-mail sent since")
     if not result["swept_after_fault"]:
         problems.append("no lapsed hold was swept after the fault")
     if result["relay_host"] in (None, "gone"):
