@@ -58,6 +58,7 @@ def test_failover_loses_nothing_a_client_was_told_of() -> None:
         assert phase["acknowledged"]["bookings"] > 0
         assert phase["swept_after_fault"] > 0
         assert phase["mail_sent_after_fault"] > 0
+        assert phase["admitted_after_fault"] > 0
         assert phase["stream_changes_after_fault"] > 0
         assert phase["stream_mismatched_tickets"] == 0
         assert phase["relay_host"] in ("api1", "api2")

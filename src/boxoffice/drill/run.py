@@ -17,7 +17,7 @@ import asyncpg
 from boxoffice.config import Settings
 from boxoffice.db import Database
 from boxoffice.drill.cluster import API_URL, LEADER_URL, Cluster, ClusterError
-from boxoffice.drill.rush import Ledger, Rush, Stream
+from boxoffice.drill.rush import Ledger, Rush, Stream, join_queue
 from boxoffice.invariants import check_invariants
 from boxoffice.live.relay import RELAY_LOCK
 from boxoffice.simulate.load import client
@@ -64,13 +64,13 @@ FAULTS = {
 }
 
 
-async def create_event(target: Target) -> tuple[str, list[int]]:
+async def create_event(target: Target, **fields: Any) -> str:
     body = {
         "name": "failover drill",
         "venue": "deploy/ha",
         "starts_at": (datetime.now(UTC) + timedelta(days=30)).isoformat(),
         "hold_seconds": HOLD_SECONDS,
-        "sections": seated_sections(SEATS),
+        **fields,
     }
     async with client(target.url, connections=1, timeout=30) as http:
         response = await http.post(
@@ -78,8 +78,7 @@ async def create_event(target: Target) -> tuple[str, list[int]]:
         )
         if response.status_code != 201:
             raise ClusterError(f"POST /events answered {response.status_code}: {response.text}")
-        event_id = str(response.json()["id"])
-    return event_id, await event_ticket_ids(target, event_id, request_timeout=30)
+        return str(response.json()["id"])
 
 
 def inject(cluster: Cluster, fault: str, say: Say, *, api_host: str) -> str:
@@ -102,6 +101,20 @@ def inject(cluster: Cluster, fault: str, say: Say, *, api_host: str) -> str:
         cluster.switchover(leader)
     say(f"{fault}: {leader}")
     return leader
+
+
+async def admitted_since(queue_event_id: str, since: datetime) -> int:
+    """Places the waiting room's admitter admitted since the fault."""
+    conn = await asyncpg.connect(LEADER_URL, timeout=10)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM queue_entries WHERE event_id = $1 AND admitted_at > $2",
+            uuid.UUID(queue_event_id),
+            since,
+        )
+    finally:
+        await conn.close()
+    return count
 
 
 async def relay_host() -> str | None:
@@ -346,7 +359,15 @@ async def phase(
     fault = FAULTS[fault_name]
     cluster.up(api_hosts=2, workers=workers)
     target = Target(API_URL, LEADER_URL, cluster.env["ADMIN_TOKEN"])
-    event_id, ticket_ids = await create_event(target)
+    event_id = await create_event(target, sections=seated_sections(SEATS))
+    ticket_ids = await event_ticket_ids(target, event_id, request_timeout=30)
+    # A second event sells through a waiting room that admits ten buyers a second.
+    queue_event_id = await create_event(
+        target,
+        general_admission={"quantity": 100, "price": 1000},
+        queue_enabled=True,
+        queue_admit_per_minute=600,
+    )
     say(f"{fault_name}: event {event_id}, {len(ticket_ids)} seats, {clients} clients")
     async with (
         client(API_URL, connections=clients + 2, timeout=15.0) as http,
@@ -356,6 +377,7 @@ async def phase(
         stream = Stream(stream_http, event_id)
         follow = asyncio.create_task(stream.follow(rush.stop))
         buyers = [asyncio.create_task(rush.buyer(n)) for n in range(clients)]
+        buyers.append(asyncio.create_task(join_queue(rush, queue_event_id)))
         await asyncio.sleep(WARM_UP_SECONDS)
         # An API host is lost with the relay's lock, the harder case: the other host must
         # take the live feed over.
@@ -383,6 +405,7 @@ async def phase(
         verdict = await verdict_from_database(
             LEADER_URL, rush.ledger, stream, event_id, quiet_since, fault_wall
         )
+        verdict["admitted_after_fault"] = await admitted_since(queue_event_id, fault_wall)
         relay = await relay_host()
         follow.cancel()
         await asyncio.gather(follow, return_exceptions=True)
@@ -456,6 +479,8 @@ def violations_of(result: dict[str, Any], fault: Fault) -> list[str]:
         problems.append("the stream announced bookings that are not in the database")
     if result["bookings_after_fault"] and not result["mail_sent_after_fault"]:
         problems.append("bookings made after the fault, and no e-mail sent since")
+    if not result["admitted_after_fault"]:
+        problems.append("the waiting room admitted nobody after the fault")
     if not result["swept_after_fault"]:
         problems.append("no lapsed hold was swept after the fault")
     if result["relay_host"] in (None, "gone"):

@@ -165,6 +165,22 @@ class Rush:
             # else: the hold lapses, and the sweeper (on whichever node leads) releases it.
 
 
+async def join_queue(rush: "Rush", queue_event_id: str) -> None:
+    """Buyers joining another event's waiting room, four a second through the rush: the
+    admitter (the relay's leader) must go on admitting them on whichever node leads."""
+    number = 0
+    while not rush.stop.is_set():
+        number += 1
+        await rush.send(
+            "queue-join",
+            "POST",
+            f"/events/{queue_event_id}/queue",
+            json_body={"customer": f"drill-queue-{rush.seed}-{number}@example.com"},
+            keyed=False,
+        )
+        await asyncio.sleep(0.25)  # a pace, not a wait for anything
+
+
 @dataclass
 class Stream:
     """One buyer's live seat map: GET /events/{id}/stream through the load balancer, folded
