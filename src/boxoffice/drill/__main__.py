@@ -4,6 +4,8 @@ exit 1 on a violation (2 if the drill could not run)."""
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +36,9 @@ def main() -> int:
     def say(message: str) -> None:
         print(f"drill {args.name}: {message}", file=sys.stderr, flush=True)
 
+    if os.geteuid() != 0:
+        print(json.dumps({"drill": args.name, "ok": False, "error": "drills need root"}))
+        return 2
     # The nodes run as `postgres`, who must be able to reach their folder.
     base = Path(tempfile.mkdtemp(prefix="boxoffice-drill-"))
     base.chmod(0o755)
@@ -53,7 +58,8 @@ def main() -> int:
         print(json.dumps({"drill": args.name, "ok": False, "error": str(error)}))
         return 2
     finally:
-        base.rmdir() if base.exists() and not any(base.iterdir()) else None
+        # deploy/ha/down removed the cluster's folder; ours goes too (whatever is left in it).
+        shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(verdict))
     return 0 if verdict["ok"] else 1
 
