@@ -131,7 +131,10 @@ async def test_the_verdict_counts_what_the_database_does_not_have(
     ledger.released.add(held[1]["id"])
 
     stream = Stream(client, event["id"])
-    stream.statuses = {seat: "a" for seat in seats} | {seats[0]: "b", seats[2]: "r"}
+    stream.statuses = dict.fromkeys(seats, "available") | {
+        seats[0]: "booked",
+        seats[2]: "reserved",
+    }
     stream.announced_booked = {seats[0]}
     clean = await verdict_from_database(
         database_url, ledger, stream, event["id"], datetime.now(UTC)
@@ -149,7 +152,7 @@ async def test_the_verdict_counts_what_the_database_does_not_have(
     ledger.holds[twice] = [seats[0]]  # told booked twice: oversold
     ledger.bookings[twice] = str(uuid.uuid4())
     stream.announced_booked.add(seats[5])  # the stream said booked; it is not
-    stream.statuses[seats[3]] = "r"
+    stream.statuses[seats[3]] = "reserved"
     lossy = await verdict_from_database(
         database_url, ledger, stream, event["id"], datetime.now(UTC)
     )

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from boxoffice.expiry import sweep_all
+from boxoffice.live.service import snapshot_statuses
 from tests.conftest import (
     EventFactory,
     assert_invariants,
@@ -30,7 +31,6 @@ from tests.conftest import (
 from tests.support.expiry import move_expiry_into_the_past
 from tests.support.metrics import scrape, value
 from tests.support.problems import assert_problem, bearer
-from tests.support.stream import snapshot_statuses
 
 # The system layer (tests/support/system.py). Every test streams from the live server, some from
 # servers of their own.

@@ -36,12 +36,11 @@ from boxoffice.config import Settings
 from boxoffice.errors import ServiceUnavailable
 from boxoffice.live.feed import MAX_PENDING, Subscription, TicketFeed, TooManyStreams
 from boxoffice.live.relay import RELAY_LOCK
-from boxoffice.live.service import MAX_REPLAYED_CHANGES, SharedSnapshots
+from boxoffice.live.service import MAX_REPLAYED_CHANGES, SharedSnapshots, snapshot_statuses
 from boxoffice.migrate import upgrade
 from tests.conftest import ADMIN, ADMIN_TOKEN, Databases, Served, create_engine, serving, ticket_ids
 from tests.support.metrics import parse, value
 from tests.support.problems import assert_problem, bearer
-from tests.support.stream import snapshot_statuses
 from tests.support.system import system_fixture
 
 DEADLINE_SECONDS = 20.0

@@ -230,7 +230,7 @@ async def verdict_from_database(
                 told[ticket] = told.get(ticket, 0) + 1
         oversold = len(oversold_rows) + sum(1 for count in told.values() if count > 1)
         statuses = {
-            row["id"]: row["status"][0]
+            row["id"]: row["status"]
             for row in await conn.fetch("SELECT id, status FROM tickets WHERE event_id = $1", event)
         }
         swept_after = await conn.fetchval(
@@ -248,7 +248,7 @@ async def verdict_from_database(
     finally:
         await conn.close()
     mismatched = sorted(t for t, s in statuses.items() if stream.statuses.get(t) != s)
-    announced_not_booked = sorted(t for t in stream.announced_booked if statuses.get(t) != "b")
+    announced_not_booked = sorted(t for t in stream.announced_booked if statuses.get(t) != "booked")
     database = Database(Settings(database_url=database_url), url=database_url, size=1)
     try:
         violations = await check_invariants(database, event_id=event)
@@ -287,7 +287,7 @@ async def stream_agrees(stream: Stream, event_id: str, *, seconds: float) -> Non
                 "SELECT id, status FROM tickets WHERE event_id = $1", uuid.UUID(event_id)
             )
             if all(row["status"] != "reserved" for row in rows) and all(
-                stream.statuses.get(row["id"]) == row["status"][0] for row in rows
+                stream.statuses.get(row["id"]) == row["status"] for row in rows
             ):
                 return
             await asyncio.sleep(0.25)

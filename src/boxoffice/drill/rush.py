@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from boxoffice.live.service import snapshot_statuses
 from boxoffice.simulate.load import describe
 
 # Longer than any answer may take (POOL_TIMEOUT_SECONDS, STATEMENT_TIMEOUT_MS, HAProxy's cut of
@@ -184,7 +185,8 @@ async def join_queue(rush: "Rush", queue_event_id: str) -> None:
 @dataclass
 class Stream:
     """One buyer's live seat map: GET /events/{id}/stream through the load balancer, folded
-    into ticket → status, reconnecting as a browser would."""
+    into ticket → status (`available`, `reserved`, `booked`), reconnecting as a browser
+    would."""
 
     http: httpx.AsyncClient
     event_id: str
@@ -200,29 +202,15 @@ class Stream:
         now = time.monotonic()
         if kind == "snapshot":
             self.snapshots.append(now)
-            self.statuses = {}
-            ticket = int(data["first"])
-            runs = str(data["runs"])
-            position = 0
-            while position < len(runs):
-                letter = runs[position]
-                position += 1
-                digits = ""
-                while position < len(runs) and runs[position].isdigit():
-                    digits += runs[position]
-                    position += 1
-                for _ in range(int(digits or 1)):
-                    if letter != "-":
-                        self.statuses[ticket] = letter
-                    if letter == "b":
-                        self.announced_booked.add(ticket)
-                    ticket += 1
+            self.statuses = snapshot_statuses(data)
+            changed = list(self.statuses.items())
         elif kind == "tickets":
             self.changes.append(now)
-            for ticket, status in data["tickets"]:
-                self.statuses[int(ticket)] = status[0]
-                if status[0] == "b":
-                    self.announced_booked.add(int(ticket))
+            changed = [(int(ticket), str(status)) for ticket, status in data["tickets"]]
+            self.statuses.update(changed)
+        else:
+            return
+        self.announced_booked.update(ticket for ticket, status in changed if status == "booked")
 
     async def follow(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -20,10 +20,12 @@ already has is harmless: statuses are absolute and arrive in commit order per se
 
 import asyncio
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from boxoffice.db import Database
 from boxoffice.errors import EventNotFound
@@ -34,6 +36,24 @@ SNAPSHOT_REUSE_SECONDS = 1.0
 # A shared snapshot that heard more changes than this is read afresh for the next stream (it
 # would replay more than a new read costs).
 MAX_REPLAYED_CHANGES = 128
+
+_RUN = re.compile(r"([a-z-])(\d*)")
+_RUN_STATUS = {"a": "available", "r": "reserved", "b": "booked"}
+
+
+def snapshot_statuses(snapshot: dict[str, Any]) -> dict[int, str]:
+    """A snapshot read back, for clients in Python (the drills, the tests): every ticket's
+    status from its runs, from id `first` on, a letter and how many ids in a row have it
+    (`-`: ids that are not tickets of the event)."""
+    statuses: dict[int, str] = {}
+    ticket_id = snapshot["first"]
+    for letter, digits in _RUN.findall(snapshot["runs"]):
+        count = int(digits) if digits else 1
+        if letter != "-":
+            statuses.update(dict.fromkeys(range(ticket_id, ticket_id + count), _RUN_STATUS[letter]))
+        ticket_id += count
+    return statuses
+
 
 # Runs of consecutive ids with one status: along a run, id - row_number() (numbered per
 # status, in id order) is constant. Gaps between runs are ids of other events' tickets.
