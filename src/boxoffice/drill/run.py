@@ -2,6 +2,7 @@
 then the verdict read from the database (what the clients were told against what is there)."""
 
 import asyncio
+import os
 import secrets
 import statistics
 import time
@@ -416,6 +417,8 @@ async def phase(
     result["relay_host"] = relay
     result["recovered"] = recovered
     result["stream_reconnects"] = stream.reconnects
+    # Snapshots after the first: the feed resynced the stream (a lost LISTEN, a reconnect).
+    result["stream_resyncs"] = len(stream.snapshots) - 1
     result["stream_changes_after_fault"] = sum(1 for t in stream.changes if t > fault_at)
     result["violations"] = violations_of(result, fault)
     return result
@@ -520,8 +523,6 @@ async def drill(
     directory: Path,
     say: Say,
 ) -> dict[str, Any]:
-    import os
-
     env = {
         **os.environ,
         "BOXOFFICE_HA_DIR": str(directory),
