@@ -87,6 +87,29 @@ async def test_reservations_move_the_outcome_counters(
     assert "boxoffice_sweeper_freed_tickets_total " in text
 
 
+def test_a_worker_still_creating_its_file_does_not_break_a_scrape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's histogram file is empty between its creation and its sizing (and stays so if
+    the worker dies then); a scrape at that moment still answers, with the other files' sums."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    from boxoffice import metrics
+
+    name = "boxoffice_lock_timeouts"
+    # prometheus_client's file format, written by its own (untyped) writer.
+    worker = MmapedDict(str(tmp_path / "counter_1001.db"))  # type: ignore[no-untyped-call]
+    key = mmap_key(name, name + "_total", [], [], "help")
+    worker.write_value(key, 3.0, 0.0)  # type: ignore[no-untyped-call]
+    worker.close()  # type: ignore[no-untyped-call]
+    (tmp_path / "histogram_1002.db").touch()  # the other worker, caught mid-creation
+    monkeypatch.setenv(metrics.MULTIPROC_DIR_ENV, str(tmp_path))
+
+    body, _ = metrics.exposition()
+
+    assert "boxoffice_lock_timeouts_total 3.0" in body.decode()
+
+
 def test_json_logs_carry_the_request_id_and_no_tokens(
     database_url: str, tmp_path: Path, make_event: EventFactory
 ) -> None:

@@ -6,7 +6,9 @@ there and /metrics, whichever worker answers, reports the sum. Without that vari
 built in-process, e.g. by a test) the metrics are this process's own.
 """
 
+import glob
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -19,6 +21,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from boxoffice.db import Database
@@ -165,11 +169,37 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_DIR_ENV) or None
 
 
+class _WorkersCollector(Collector):
+    """prometheus_client's MultiProcessCollector, minus the files a worker is still creating.
+
+    A worker creates its file for a kind of metric when it first uses one (a histogram on its
+    first request), and the file is empty until the worker sizes it. Upstream's collector
+    reads every file and fails on an empty one (prometheus/client_python#1199), so a scrape
+    that met a worker at that moment answered 500 — and a worker killed there would have
+    broken every scrape after. An empty file holds no samples yet; files only grow.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def collect(self) -> Iterable[Metric]:
+        files = [path for path in glob.glob(os.path.join(self.folder, "*.db")) if _sized(path)]
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def _sized(path: str) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:  # a dead worker's live gauges, removed since the glob
+        return False
+
+
 def exposition() -> tuple[bytes, str]:
     """The text format: the sum over workers in multiprocess mode, else this process."""
-    if multiprocess_dir():
+    folder = multiprocess_dir()
+    if folder:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_WorkersCollector(folder))
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
